@@ -1,0 +1,9 @@
+"""The one exception type the CLI turns into a single line on stderr."""
+
+
+class FacerecError(Exception):
+    """A failure the user can act on; its message is one line that names the file or option at fault."""
+
+
+class UsageError(FacerecError):
+    """Bad usage (an unknown plugin name, a malformed option): the CLI exits with status 2."""

@@ -1,0 +1,47 @@
+"""The hooks a facerec plugin implements: one `register_*` hook per kind of part, plus commands.
+
+Each hook receives a `register(name, factory)` callable; `factory(**options)` builds the part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+import pluggy
+
+hookspec = pluggy.HookspecMarker("facerec")
+hookimpl = pluggy.HookimplMarker("facerec")
+
+Register = Callable[[str, Callable[..., Any]], None]
+
+
+@hookspec
+def register_backbones(register: Register) -> None:
+    """Register recognition networks (see facerec.parts.Backbone)."""
+
+
+@hookspec
+def register_detectors(register: Register) -> None:
+    """Register face detectors (see facerec.parts.Detector)."""
+
+
+@hookspec
+def register_losses(register: Register) -> None:
+    """Register metric-learning losses (see facerec.parts.Loss)."""
+
+
+@hookspec
+def register_miners(register: Register) -> None:
+    """Register triplet miners (see facerec.parts.Miner)."""
+
+
+@hookspec
+def register_heads(register: Register) -> None:
+    """Register identity heads (see facerec.parts.Head)."""
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the `facerec` command group."""

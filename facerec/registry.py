@@ -1,0 +1,114 @@
+"""The plugin manager and the registry of parts: the engine asks for parts by kind and name here.
+
+Plugins, built-in ones included, are found through the `facerec` entry-point group. A plugin that fails
+to import, or whose hook raises, is recorded with its name and the error and left out; the rest work.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import pluggy
+
+from facerec import hookspecs
+from facerec.errors import UsageError
+
+ENTRY_POINT_GROUP = "facerec"
+KINDS = ("backbone", "detector", "loss", "miner", "head")
+
+
+@dataclass(frozen=True)
+class Registration:
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+
+
+@dataclass
+class PluginInfo:
+    """A plugin as `facerec plugins` shows it."""
+
+    name: str
+    source: str  # "built-in" or "DISTRIBUTION VERSION"
+    registers: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class Registry:
+    """Parts by kind and name, with where each came from."""
+
+    parts: dict[str, dict[str, Registration]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    manager: pluggy.PluginManager | None = None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.parts[kind])
+
+    def factory(self, kind: str, name: str) -> Callable[..., Any]:
+        try:
+            return self.parts[kind][name].factory
+        except KeyError:
+            available = ", ".join(self.names(kind)) or "none"
+            raise UsageError(f"unknown {kind} '{name}' (available: {available})") from None
+
+    def create(self, kind: str, name: str, **options: Any) -> Any:
+        """Build the part `name` of `kind` with `options`; unknown names are a usage error."""
+        factory = self.factory(kind, name)
+        try:
+            return factory(**options)
+        except TypeError as error:
+            raise UsageError(f"{kind} '{name}' does not accept these options: {error}") from None
+
+
+def _source(entry_point: importlib.metadata.EntryPoint) -> str:
+    dist = entry_point.dist
+    if dist is None:
+        return "unknown"
+    if dist.metadata["Name"] == "facerec":
+        return "built-in"
+    return f"{dist.metadata['Name']} {dist.version}"
+
+
+def _load_plugins(registry: Registry) -> pluggy.PluginManager:
+    manager = pluggy.PluginManager("facerec")
+    manager.add_hookspecs(hookspecs)
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        info = PluginInfo(name=entry_point.name, source=_source(entry_point))
+        registry.plugins[info.name] = info
+        try:
+            manager.register(entry_point.load(), name=info.name)
+        except Exception as error:  # a broken third-party plugin must not take the CLI down
+            info.error = f"{type(error).__name__}: {error}"
+    return manager
+
+
+def _collect_parts(registry: Registry, manager: pluggy.PluginManager) -> None:
+    for kind in KINDS:
+        hook = getattr(manager.hook, f"register_{'losses' if kind == 'loss' else kind + 's'}")
+        for impl in hook.get_hookimpls():
+            info = registry.plugins[impl.plugin_name]
+
+            def register(name: str, factory: Callable[..., Any], kind: str = kind, info: PluginInfo = info):
+                registry.parts[kind][name] = Registration(kind, name, factory, info.name)
+                info.registers.setdefault(kind, []).append(name)
+
+            try:
+                impl.function(register=register)
+            except Exception as error:  # reported by `facerec plugins`, the other plugins still load
+                info.error = f"{type(error).__name__}: {error}"
+
+
+@cache
+def registry() -> Registry:
+    """The process-wide registry, built on first use from every installed plugin."""
+    result = Registry()
+    manager = _load_plugins(result)
+    _collect_parts(result, manager)
+    result.manager = manager
+    return result
