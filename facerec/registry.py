@@ -112,3 +112,13 @@ def registry() -> Registry:
     _collect_parts(result, manager)
     result.manager = manager
     return result
+
+
+def add_plugin_commands(cli) -> None:
+    """Let every plugin add its commands; a plugin whose hook fails is recorded and skipped."""
+    found = registry()
+    for impl in found.manager.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as error:  # reported by `facerec plugins`; the CLI stays up
+            found.plugins[impl.plugin_name].error = f"{type(error).__name__}: {error}"
