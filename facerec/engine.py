@@ -69,7 +69,9 @@ def _state_dict_for(plugin: Backbone, name: str, pretrained: str | None, weights
         return None, None, "untrained weights"
     if pretrained not in plugin.pretrained:
         known = ", ".join([*plugin.pretrained, NO_WEIGHTS])
-        raise UsageError(f"--pretrained: backbone '{name}' has no weights '{pretrained}' (available: {known})")
+        raise UsageError(
+            f"--pretrained: backbone '{name}' has no weights '{pretrained}' (available: {known})"
+        )
     path, digest = fetch(plugin.pretrained[pretrained])
     return load_state_dict(path), digest, str(path)
 

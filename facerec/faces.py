@@ -29,7 +29,9 @@ class Face:
         return {
             "box": [float(v) for v in self.box],
             "score": None if self.score is None else float(self.score),
-            "landmarks": None if self.landmarks is None else [[float(x), float(y)] for x, y in self.landmarks],
+            "landmarks": None
+            if self.landmarks is None
+            else [[float(x), float(y)] for x, y in self.landmarks],
         }
 
 

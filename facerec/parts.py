@@ -61,7 +61,9 @@ class Miner(Protocol):
 class Loss(Protocol):
     """A metric-learning loss over embeddings, labels and mined index tuples."""
 
-    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, triplets: Triplets) -> torch.Tensor: ...
+    def __call__(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, triplets: Triplets
+    ) -> torch.Tensor: ...
 
 
 @runtime_checkable

@@ -56,7 +56,7 @@ def seeded_weights(tmp_path_factory) -> Path:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         server: _MirrorServer = self.server
         server.mirror.requests.append(self.path)
         source = server.mirror.files.get(self.path)

@@ -52,7 +52,9 @@ def backbone_options(command: Callable) -> Callable:
     """--backbone, --pretrained, --weights and --device, shared by every command that embeds."""
     for option in reversed(
         [
-            click.option("--backbone", default="inception-resnet", show_default=True, help="Registered backbone."),
+            click.option(
+                "--backbone", default="inception-resnet", show_default=True, help="Registered backbone."
+            ),
             click.option(
                 "--pretrained",
                 default="vggface2",
@@ -85,7 +87,10 @@ def detector_options(command: Callable) -> Callable:
                 help="Detector option, e.g. -D min_face_size=40 (repeatable).",
             ),
             click.option(
-                "--margin", default=0.0, show_default=True, help="Pixels of margin around the box (facenet-pytorch)."
+                "--margin",
+                default=0.0,
+                show_default=True,
+                help="Pixels of margin around the box (facenet-pytorch).",
             ),
             click.option(
                 "--align",
@@ -138,7 +143,9 @@ def main(args: list[str] | None = None) -> None:
     except Exception as error:
         if os.environ.get("FACEREC_DEBUG"):
             raise
-        warn(f"Error: internal error: {type(error).__name__}: {error} (set FACEREC_DEBUG=1 for the traceback)")
+        warn(
+            f"Error: internal error: {type(error).__name__}: {error} (set FACEREC_DEBUG=1 for the traceback)"
+        )
         status = 1
     sys.exit(status if isinstance(status, int) else 0)
 

@@ -12,7 +12,9 @@ from facerec.cli import backbone_options, detector_options, each_result, echo_js
 @backbone_options
 @detector_options
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per image.")
-def command(images, backbone, pretrained, weights, device, detector, detector_options, margin, align, as_json):
+def command(
+    images, backbone, pretrained, weights, device, detector, detector_options, margin, align, as_json
+):
     """Embed every face in IMAGES (use --detector none for aligned face crops)."""
     from facerec.engine import load_backbone
 
