@@ -67,6 +67,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if self.path in server.mirror.cut_short:  # the connection drops halfway through the body
+            self.wfile.write(data[: len(data) // 2])
+            self.close_connection = True
+            return
         self.wfile.write(data)
 
     def log_message(self, *args):
@@ -84,6 +88,7 @@ class Mirror:
     url: str = ""
     files: dict[str, Path] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    cut_short: set[str] = field(default_factory=set)
 
     def serve(self, url_path: str, source: Path) -> None:
         self.files[url_path] = Path(source)
@@ -104,7 +109,7 @@ def mirror(tmp_path, monkeypatch):
     """A loopback mirror; FACEREC_MIRROR points at it and TORCH_HOME at an empty cache for this test."""
     server = _MirrorServer(("127.0.0.1", 0), _Handler)
     server.mirror = Mirror(url=f"http://127.0.0.1:{server.server_address[1]}")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     monkeypatch.setenv("FACEREC_MIRROR", server.mirror.url)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv at the repository root when it is missing and install facerec into it (idempotent).
+# torch 2.14.1 / torchvision 0.29.1 are the pair pip finds on this project's machines; elsewhere pip
+# downloads them.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.facerec-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -c "import facerec, torch, torchvision, faiss" # fail here, loudly, if the install did not take
+  touch "$stamp"
+fi
