@@ -7,7 +7,15 @@ import torch
 
 from conftest import MTCNN_URL_PATH, SHARED
 from facerec.errors import FacerecError
-from facerec.weights import RECORD_NAME, WeightFile, cache_dir, fetch, load_state_dict, mirrored, recorded_sums
+from facerec.weights import (
+    RECORD_NAME,
+    WeightFile,
+    cache_dir,
+    fetch,
+    load_state_dict,
+    mirrored,
+    recorded_sums,
+)
 
 PNET = SHARED / "weights" / "mtcnn" / "pnet.pt"
 PNET_SHA = "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"
