@@ -86,6 +86,7 @@ def load_backbone(
 
     Without weights the network is initialised from a fixed seed, so two runs agree.
     """
+    target = resolve_device(device)
     plugin = registry().create("backbone", name)
     state, digest, source = _state_dict_for(plugin, name, pretrained, Path(weights) if weights else None)
     with torch.random.fork_rng(devices=[]):
@@ -94,7 +95,6 @@ def load_backbone(
             module = plugin.build(state)
         except ValueError as error:
             raise FacerecError(f"{source}: does not fit backbone '{name}': {error}") from None
-    target = resolve_device(device)
     return LoadedBackbone(name, plugin, module.to(target), digest, target)
 
 

@@ -155,17 +155,19 @@ def make_pipeline(
     detector_options: tuple[str, ...],
     margin: float,
     align: str,
-    backbone: Any = None,
+    backbone: dict[str, Any] | None = None,
 ) -> Any:
-    """The engine's Pipeline from the shared command-line options (backbone: a LoadedBackbone or None)."""
-    from facerec.engine import CropSettings, Pipeline, create_detector
+    """The engine's Pipeline from the shared command-line options.
 
-    size = backbone.plugin.input_size if backbone is not None else CropSettings.size
-    return Pipeline(
-        detector=create_detector(detector, parse_options(detector_options, "--detector-option")),
-        backbone=backbone,
-        crop=CropSettings(size=size, margin=margin, align=align),
-    )
+    `backbone` holds load_backbone's arguments; the detector is built first so that a bad option is
+    reported before any weights are downloaded.
+    """
+    from facerec.engine import CropSettings, Pipeline, create_detector, load_backbone
+
+    found = create_detector(detector, parse_options(detector_options, "--detector-option"))
+    loaded = load_backbone(**backbone) if backbone is not None else None
+    size = loaded.plugin.input_size if loaded is not None else CropSettings.size
+    return Pipeline(detector=found, backbone=loaded, crop=CropSettings(size=size, margin=margin, align=align))
 
 
 def each_result(pipeline: Any, images: tuple[str, ...]) -> Any:

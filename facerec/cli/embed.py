@@ -16,10 +16,8 @@ def command(
     images, backbone, pretrained, weights, device, detector, detector_options, margin, align, as_json
 ):
     """Embed every face in IMAGES (use --detector none for aligned face crops)."""
-    from facerec.engine import load_backbone
-
-    loaded = load_backbone(backbone, pretrained, weights, device)
-    pipeline = make_pipeline(detector, detector_options, margin, align, loaded)
+    model = {"name": backbone, "pretrained": pretrained, "weights": weights, "device": device}
+    pipeline = make_pipeline(detector, detector_options, margin, align, model)
     for result in each_result(pipeline, images):
         if as_json:
             echo_json(result.to_json())
