@@ -7,6 +7,7 @@ and returns the part. The core never imports a concrete part.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -48,22 +49,62 @@ class Detector(Protocol):
 
 
 Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""(anchor, positive, negative) row indices: three 1-D int64 tensors of one length, possibly empty."""
 
 
 @runtime_checkable
 class Miner(Protocol):
-    """Chooses (anchor, positive, negative) index triplets from a batch of embeddings."""
+    """Chooses (anchor, positive, negative) index triplets from a batch of embeddings.
 
-    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets: ...
+    As in pytorch-metric-learning, anchors are rows of `embeddings`, and positives and negatives are rows
+    of `embeddings` followed by `ref_embeddings` when those are given (the companions a DatasetMiner asked
+    for); the loss then sees the two concatenated. A miner draws any randomness from torch's global RNG,
+    which the trainer seeds per step, so every process of a distributed run mines the same triplets.
+    """
+
+    def __call__(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+    ) -> Triplets: ...
+
+
+@runtime_checkable
+class DatasetMiner(Miner, Protocol):
+    """A miner that draws positives and negatives from the whole dataset, not only from the batch.
+
+    Before each step the trainer calls `companions` with the batch's dataset indices, their labels and
+    the dataset's dictionary from each label to the dataset indices of its images. It loads and embeds the
+    images at the returned indices with the batch and passes them to the miner as `ref_embeddings` and
+    `ref_labels`, in the order returned.
+    """
+
+    def companions(
+        self, batch: torch.Tensor, labels: torch.Tensor, index: Mapping[int, torch.Tensor]
+    ) -> torch.Tensor:
+        """Dataset indices (1-D int64) of the images to embed alongside the batch."""
+        ...
+
+
+@dataclass(frozen=True)
+class LossResult:
+    """What a loss returns: the value to minimize and statistics worth logging.
+
+    `stats` holds detached scalar tensors by name (the `triplet` loss: `active`, the fraction of triplets
+    with a non-zero loss); the trainer averages each over an epoch into `metrics.jsonl`.
+    """
+
+    loss: torch.Tensor
+    stats: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 @runtime_checkable
 class Loss(Protocol):
-    """A metric-learning loss over embeddings, labels and mined index tuples."""
+    """A metric-learning loss over embeddings, labels and mined index tuples into them."""
 
-    def __call__(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, triplets: Triplets
-    ) -> torch.Tensor: ...
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, triplets: Triplets) -> LossResult: ...
 
 
 @runtime_checkable
