@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -109,10 +110,29 @@ class Loss(Protocol):
 
 @runtime_checkable
 class Head(Protocol):
-    """Maps embeddings to identities; fitted on a gallery's vectors and saved inside the gallery."""
+    """Maps embeddings to identities; fitted on a gallery's vectors and saved inside the gallery.
 
-    def fit(self, vectors: torch.Tensor, labels: Sequence[str]) -> None: ...
+    The factory takes JSON-able options, which a gallery records (`options`) to build the same head again
+    before `load`. Distances are "smaller is nearer" in the head's own measure (the `faiss` head: Euclidean
+    distance between unit vectors); `default_threshold` is the distance up to which the nearest identity
+    is accepted. Heads store only plain arrays and JSON, never pickle.
+    """
+
+    options: Mapping[str, Any]
+    default_threshold: float
+
+    def fit(self, vectors: torch.Tensor, labels: Sequence[str]) -> None:
+        """Learn the gallery: `vectors` (N, D) unit embeddings, `labels[i]` the identity of row i."""
+        ...
 
     def search(self, queries: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
-        """For each query, up to k (identity, distance) pairs, nearest first."""
+        """For each query, up to k distinct identities as (identity, distance) pairs, nearest first."""
+        ...
+
+    def save(self, folder: Path) -> None:
+        """Write the fitted state into the existing, empty `folder`."""
+        ...
+
+    def load(self, folder: Path) -> None:
+        """Read back what `save` wrote."""
         ...

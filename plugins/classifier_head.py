@@ -1,0 +1,124 @@
+"""The `classifier` head: a softmax over the enrolled identities, trained on the gallery's embeddings.
+
+This is the seed's "classification module" done on frozen embeddings: a linear layer on standardized
+vectors, trained with cross-entropy. It answers with a probability per identity; its distance is
+1 - probability, so identify's `--threshold T` accepts the top identity when its probability is at least
+1 - T (default 0.5: the classifier must be more sure of this identity than of all others together).
+Unlike the `faiss` head it cannot say "nobody I know" by itself: a stranger is still spread over known
+identities, so keep a threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facerec import hookimpl
+from facerec.errors import FacerecError
+
+ARRAYS = ("weight", "bias", "mean", "scale")
+IDENTITIES_FILE = "identities.json"
+
+
+class ClassifierHead:
+    """Softmax regression over identities; `epochs` passes of Adam over the gallery, seeded.
+
+    Label smoothing keeps probabilities off 0 and 1, so the runner-up candidates still say something.
+    """
+
+    default_threshold = 0.5
+
+    def __init__(
+        self,
+        epochs: int = 200,
+        lr: float = 0.05,
+        weight_decay: float = 1e-4,
+        label_smoothing: float = 0.1,
+        batch_size: int = 4096,
+        seed: int = 0,
+    ) -> None:
+        self.options = {
+            "epochs": epochs,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "label_smoothing": label_smoothing,
+            "batch_size": batch_size,
+            "seed": seed,
+        }
+        self.identities: list[str] = []
+        self.arrays: dict[str, torch.Tensor] = {}
+
+    def fit(self, vectors: torch.Tensor, labels: Sequence[str]) -> None:
+        self.identities = sorted(set(labels))
+        if len(self.identities) < 2:
+            raise FacerecError("the classifier head needs at least two identities; use --head faiss")
+        position = {identity: i for i, identity in enumerate(self.identities)}
+        targets = torch.tensor([position[label] for label in labels])
+        vectors = vectors.float()
+        mean = vectors.mean(0)
+        scale = vectors.std(0, unbiased=False).clamp_min(
+            1e-6
+        )  # seeded or fine-tuned nets may cluster tightly
+        linear = self._train((vectors - mean) / scale, targets)
+        self.arrays = {
+            "weight": linear.weight.detach(),
+            "bias": linear.bias.detach(),
+            "mean": mean,
+            "scale": scale,
+        }
+
+    def _train(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.nn.Linear:
+        generator = torch.Generator().manual_seed(self.options["seed"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.options["seed"])
+            linear = torch.nn.Linear(inputs.shape[1], len(self.identities))
+        optimizer = torch.optim.Adam(
+            linear.parameters(), lr=self.options["lr"], weight_decay=self.options["weight_decay"]
+        )
+        batch = self.options["batch_size"]
+        with torch.enable_grad():
+            for _ in range(self.options["epochs"]):
+                for rows in torch.randperm(len(inputs), generator=generator).split(batch):
+                    loss = torch.nn.functional.cross_entropy(
+                        linear(inputs[rows]), targets[rows], label_smoothing=self.options["label_smoothing"]
+                    )
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+        return linear
+
+    def probabilities(self, queries: torch.Tensor) -> torch.Tensor:
+        """(Q, identities) softmax probabilities, columns in `self.identities` order."""
+        a = self.arrays
+        inputs = (queries.float() - a["mean"]) / a["scale"]
+        return torch.softmax(inputs @ a["weight"].T + a["bias"], dim=1)
+
+    def search(self, queries: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        if not self.identities or k < 1:
+            return [[] for _ in range(len(queries))]
+        with torch.no_grad():
+            top = self.probabilities(queries).topk(min(k, len(self.identities)), dim=1)
+        return [
+            [(self.identities[i], 1.0 - p) for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)]
+            for row_p, row_i in zip(top.values, top.indices, strict=True)
+        ]
+
+    def save(self, folder: Path) -> None:
+        for name in ARRAYS:
+            np.save(folder / f"{name}.npy", self.arrays[name].numpy(), allow_pickle=False)
+        (folder / IDENTITIES_FILE).write_text(json.dumps(self.identities, ensure_ascii=False), "utf-8")
+
+    def load(self, folder: Path) -> None:
+        self.arrays = {
+            name: torch.from_numpy(np.load(folder / f"{name}.npy", allow_pickle=False)) for name in ARRAYS
+        }
+        self.identities = json.loads((folder / IDENTITIES_FILE).read_text("utf-8"))
+
+
+@hookimpl
+def register_heads(register) -> None:
+    register("classifier", ClassifierHead)
