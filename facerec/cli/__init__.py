@@ -106,9 +106,9 @@ def detector_options(command: Callable) -> Callable:
 
 
 def _add_commands() -> None:
-    from facerec.cli import embed, plugins
+    from facerec.cli import embed, gallery, identify, index, plugins
 
-    for module in (embed, plugins):
+    for module in (embed, plugins, index, identify, gallery):
         cli.add_command(module.command)
     from facerec.registry import add_plugin_commands
 
