@@ -30,7 +30,7 @@ import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ import torch
 
 from facerec.errors import FacerecError
 from facerec.parts import Head
+from facerec.provenance import Provenance
 from facerec.registry import registry
 
 FORMAT = 1
@@ -76,19 +77,6 @@ def default_path() -> Path:
 def now() -> str:
     """The current UTC time as ISO 8601, as galleries record it."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What made a gallery's vectors; identify must embed with exactly the same to compare."""
-
-    backbone: str
-    pretrained: str | None
-    weights_sha256: str
-    weights_file: str | None  # the --weights file, when the weights were not a named pretrained set
-    detector: str
-    detector_settings: dict[str, Any] = field(default_factory=dict)
-    embedding_size: int = 512
 
 
 @dataclass(frozen=True)
@@ -130,7 +118,9 @@ class Snapshot:
         self.path = path
         self.version = version
         self.folder = path / version
-        self._db = sqlite3.connect(f"{(self.folder / DB_FILE).as_uri()}?mode=ro&immutable=1", uri=True)
+        self._db = sqlite3.connect(
+            f"{(self.folder / DB_FILE).resolve().as_uri()}?mode=ro&immutable=1", uri=True
+        )
         meta = {key: json.loads(value) for key, value in self._db.execute("SELECT key, value FROM meta")}
         if meta.get("format", 0) > FORMAT:
             raise FacerecError(f"{path}: gallery format {meta['format']} is newer than this facerec reads")

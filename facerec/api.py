@@ -1,0 +1,95 @@
+"""The Python API: what `facerec index` and `facerec identify` do, in three lines.
+
+import facerec
+
+gallery = facerec.open_gallery(".facerec/gallery")
+gallery.index("datasets/custom_images")
+faces = gallery.identify("photo.jpg")  # [Identification(face, identity, distance, candidates), ...]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from facerec import gallery as store
+from facerec.enroll import IndexReport, Note, index_folder
+from facerec.identify import DEFAULT_TOP_K, Identification, IdentifiedImage, Identifier
+from facerec.images import ImageError
+from facerec.provenance import ModelRequest
+
+
+class Gallery:
+    """A gallery folder: enroll folders of faces into it, identify the faces of photos against it.
+
+    Models load on the first `identify` and stay loaded; a newer version of the gallery (written by
+    `index`, here or in another process) is picked up by the next call.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, device: str = "auto") -> None:
+        self.path = Path(path) if path is not None else store.default_path()
+        self.device = device
+        self._identifier: Identifier | None = None
+
+    def index(
+        self,
+        folder: str | os.PathLike,
+        *,
+        head: str | None = None,
+        head_options: dict[str, Any] | None = None,
+        progress: bool = False,
+        note: Note | None = None,
+        **models: Any,
+    ) -> IndexReport:
+        """Enroll `folder/<identity>/<image>`; only new or changed images are embedded.
+
+        `models` are ModelRequest fields (backbone, pretrained, weights, detector, detector_options,
+        margin, align); by default the gallery's own, or inception-resnet/vggface2/mtcnn for a new one.
+        `note` receives one line per image that was skipped or had several faces.
+        """
+        request = ModelRequest(device=self.device, **models)
+        return index_folder(self.path, Path(folder), request, head, head_options, progress, note)
+
+    def identify(
+        self, image: str | os.PathLike, *, threshold: float | None = None, top_k: int = DEFAULT_TOP_K
+    ) -> list[Identification]:
+        """The faces of `image`, largest first; ImageError when the image cannot be used."""
+        (result,) = self.identify_all([image], threshold=threshold, top_k=top_k)
+        if result.error is not None:
+            raise ImageError(result.path, result.error)
+        return result.faces
+
+    def identify_all(
+        self,
+        images: Iterable[str | os.PathLike],
+        *,
+        threshold: float | None = None,
+        top_k: int = DEFAULT_TOP_K,
+        **models: Any,
+    ) -> Iterator[IdentifiedImage]:
+        """Results image by image (errors included, the stream goes on), as `facerec identify` prints them.
+
+        `models` may name the models explicitly (as ModelRequest fields); they must be the gallery's.
+        """
+        if self._identifier is None or models:
+            self._identifier = Identifier(self.path, ModelRequest(device=self.device, **models))
+        else:
+            self._identifier.refresh()
+        return self._identifier.run(images, threshold, top_k)
+
+    def identities(self) -> dict[str, int]:
+        """Enrolled faces per identity; empty when nothing was enrolled yet."""
+        snapshot = store.read(self.path)
+        if snapshot is None:
+            return {}
+        try:
+            return snapshot.identities()
+        finally:
+            snapshot.close()
+
+
+def open_gallery(path: str | os.PathLike | None = None, device: str = "auto") -> Gallery:
+    """The gallery at `path` (default: FACEREC_GALLERY, else .facerec/gallery); created by the first index."""
+    return Gallery(path, device)

@@ -1,0 +1,98 @@
+"""`facerec identify IMAGE...`: who is in each photo, by the gallery."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from facerec.cli import backbone_options, detector_options, echo_json, warn
+from facerec.cli.index import gallery_option, model_request
+from facerec.identify import DEFAULT_TOP_K, IdentifiedImage
+
+UNKNOWN = "unknown"
+
+
+@click.command(name="identify")
+@click.argument("images", nargs=-1, required=True)
+@gallery_option
+@click.option(
+    "--threshold",
+    type=float,
+    help="Largest distance at which the nearest identity is accepted; beyond it the face is unknown. "
+    "Default: the head's (faiss: 1.0, Euclidean between unit embeddings, for vggface2; "
+    "classifier: 0.5, i.e. probability at least 0.5).",
+)
+@click.option(
+    "--top-k", type=click.IntRange(min=1), default=DEFAULT_TOP_K, show_default=True, help="Candidates."
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per image.")
+@click.option(
+    "--annotate",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="OUTDIR",
+    help="Write each photo with boxes and names drawn into OUTDIR.",
+)
+@backbone_options
+@detector_options
+@click.pass_context
+def command(ctx, images, gallery, threshold, top_k, as_json, annotate, device, **_models):
+    """Identify every face in IMAGES against the gallery.
+
+    The gallery's own models embed the faces (no model options needed); model options, when given,
+    must be the gallery's, and anything else is refused. Exit status 1 when any image could not be read.
+    """
+    from facerec.annotate import AnnotatedFolder
+    from facerec.api import open_gallery
+
+    found = open_gallery(gallery, device)
+    results = found.identify_all(images, threshold=threshold, top_k=top_k, **_explicit(ctx, device))
+    table = None if as_json else Table(images, found.identities())
+    pictures = AnnotatedFolder(annotate) if annotate else None
+    failed = 0
+    with tqdm(total=len(images), unit="image", disable=not sys.stderr.isatty()) as bar:
+        for result in results:
+            bar.update()
+            if result.error is not None:
+                warn(f"{result.path}: {result.error}")
+                failed += 1
+            elif pictures is not None:
+                pictures.save(result.path, result.faces)
+            if as_json:
+                echo_json(result.to_json())
+            elif result.error is None:
+                table.print(result)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+def _explicit(ctx: click.Context, device: str) -> dict:
+    """The model options given on the command line, as the API's keyword arguments."""
+    request = model_request(ctx, device)
+    return {name: value for name, value in vars(request).items() if value is not None and name != "device"}
+
+
+class Table:
+    """A readable table, one row per face, its columns sized up front so rows print as results come."""
+
+    def __init__(self, images: tuple[str, ...], identities: dict[str, int]) -> None:
+        self.image_width = max(len("IMAGE"), *(len(image) for image in images))
+        self.name_width = max(len("IDENTITY"), len(UNKNOWN), *(len(name) for name in identities))
+        click.echo(self._row("IMAGE", "FACE", "IDENTITY", "DISTANCE", "BOX", "CANDIDATES"))
+
+    def _row(self, image, face, identity, distance, box, candidates) -> str:
+        return (
+            f"{image:<{self.image_width}}  {face:>4}  {identity:<{self.name_width}}  {distance:>8}  "
+            f"{box:<22}  {candidates}".rstrip()
+        )
+
+    def print(self, result: IdentifiedImage) -> None:
+        if not result.faces:
+            click.echo(self._row(result.path, "-", "(no face)", "", "", ""))
+        for number, found in enumerate(result.faces, 1):
+            distance = "" if found.distance is None else f"{found.distance:.3f}"
+            box = "[" + ", ".join(f"{v:.0f}" for v in found.face.box) + "]"
+            candidates = ", ".join(f"{name} {d:.3f}" for name, d in found.candidates)
+            click.echo(self._row(result.path, number, found.identity or UNKNOWN, distance, box, candidates))

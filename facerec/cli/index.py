@@ -1,0 +1,90 @@
+"""`facerec index DIR`: enroll DIR/<identity>/<image> into a gallery (only what changed since last time)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from facerec.cli import backbone_options, detector_options, parse_options, warn
+from facerec.errors import FacerecError
+from facerec.provenance import ModelRequest
+
+MODEL_OPTIONS = ("backbone", "pretrained", "weights", "detector", "detector_options", "margin", "align")
+
+
+def gallery_option(command):
+    return click.option(
+        "--gallery",
+        envvar="FACEREC_GALLERY",
+        default=".facerec/gallery",
+        show_default=True,
+        type=click.Path(path_type=Path),
+        help="The gallery folder (also FACEREC_GALLERY).",
+    )(command)
+
+
+def model_request(ctx: click.Context, device: str) -> ModelRequest:
+    """The model options the user actually gave; the rest come from the gallery's record.
+
+    A gallery fixes the models that made its vectors, so the shared options' defaults must not count
+    as a request for other models.
+    """
+    given = {}
+    for name in MODEL_OPTIONS:
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+            given[name] = ctx.params[name]
+    if "detector_options" in given:
+        given["detector_options"] = parse_options(given["detector_options"], "--detector-option")
+    return ModelRequest(device=device, **given)
+
+
+@click.command(name="index")
+@click.argument("folder", type=click.Path(path_type=Path))
+@gallery_option
+@backbone_options
+@detector_options
+@click.option(
+    "--head",
+    help="How identities are told apart: faiss (nearest neighbours) or classifier (softmax). "
+    "Default: the gallery's, else faiss.",
+)
+@click.option(
+    "-H",
+    "--head-option",
+    "head_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Head option, e.g. -H index=hnsw (repeatable).",
+)
+@click.pass_context
+def command(ctx, folder, gallery, device, head, head_option, **_models):
+    """Enroll FOLDER/<identity>/<image> into the gallery.
+
+    The identity is the folder name. An image with several faces enrolls the largest; one with none,
+    or unreadable, is named on stderr and skipped. Re-running embeds only new or changed images and
+    forgets deleted ones. Model options default to the gallery's (a new gallery: inception-resnet,
+    vggface2, mtcnn); options that differ from the gallery's are refused.
+    """
+    from facerec.enroll import index_folder
+
+    report = index_folder(
+        gallery,
+        folder,
+        model_request(ctx, device),
+        head,
+        parse_options(head_option, "--head-option") if head_option else None,
+        progress=sys.stderr.isatty(),
+        note=warn,
+    )
+    enrolled = report.enrolled_from_folder
+    state = f"updated to {report.version}" if report.version else "already up to date"
+    click.echo(
+        f"{gallery}: {state}; {sum(report.identities.values())} faces of {len(report.identities)} identities "
+        f"({report.embedded} embedded, {report.reused} reused, {report.unchanged} unchanged, "
+        f"{report.removed} removed, {len(report.skipped)} skipped)"
+    )
+    if enrolled == 0:
+        raise FacerecError(f"{folder}: no face enrolled from this folder")

@@ -1,0 +1,112 @@
+"""Identifying the faces of photos against a gallery, embedded exactly as the gallery's vectors were."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facerec import gallery as store
+from facerec.errors import FacerecError
+from facerec.faces import Face
+from facerec.parts import Head
+from facerec.provenance import ModelRequest, open_pipeline
+
+DEFAULT_TOP_K = 3
+
+
+@dataclass(frozen=True)
+class Identification:
+    """One face of a photo: who it is (None beyond the threshold), how far, and the nearest candidates."""
+
+    face: Face
+    identity: str | None
+    distance: float | None
+    candidates: list[tuple[str, float]]
+
+    def to_json(self) -> dict[str, Any]:
+        """DESIGN.md's FACE object with `identity`, `distance` and `candidates`."""
+        return {
+            **self.face.to_json(),
+            "identity": self.identity,
+            "distance": self.distance,
+            "candidates": [{"identity": name, "distance": distance} for name, distance in self.candidates],
+        }
+
+
+@dataclass
+class IdentifiedImage:
+    """The faces of one photo, largest first, or why the photo could not be used."""
+
+    path: str
+    faces: list[Identification] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"image": self.path, "error": self.error}
+        return {"image": self.path, "faces": [face.to_json() for face in self.faces]}
+
+
+class Identifier:
+    """A gallery's fitted head with the pipeline that embeds as the gallery did.
+
+    Models load once; `refresh` picks up a newer version of the gallery without reloading them.
+    """
+
+    def __init__(self, gallery: Path, request: ModelRequest | None = None) -> None:
+        self.gallery = Path(gallery)
+        snapshot = _open(self.gallery)
+        try:
+            self.pipeline, _ = open_pipeline(snapshot.provenance, request or ModelRequest(), self.gallery)
+            self.version = snapshot.version
+            self.head: Head = snapshot.load_head()
+        finally:
+            snapshot.close()
+
+    def refresh(self) -> None:
+        """Load the head of the gallery's current version when it changed since this was built."""
+        snapshot = _open(self.gallery)
+        try:
+            if snapshot.version != self.version:
+                self.head, self.version = snapshot.load_head(), snapshot.version
+        finally:
+            snapshot.close()
+
+    def run(
+        self,
+        images: Iterable[str | os.PathLike],
+        threshold: float | None = None,
+        top_k: int = DEFAULT_TOP_K,
+    ) -> Iterator[IdentifiedImage]:
+        """One result per image, in order; an unreadable image gives a result with `error`."""
+        if threshold is None:
+            threshold = self.head.default_threshold
+        for result in self.pipeline.run(images):
+            if result.error is not None:
+                yield IdentifiedImage(result.path, error=result.error)
+                continue
+            found = self.head.search(result.embeddings, top_k) if result.faces else []
+            yield IdentifiedImage(
+                result.path,
+                [
+                    _decide(face, candidates, threshold)
+                    for face, candidates in zip(result.faces, found, strict=True)
+                ],
+            )
+
+
+def _decide(face: Face, candidates: list[tuple[str, float]], threshold: float) -> Identification:
+    if not candidates:
+        return Identification(face, None, None, [])
+    name, distance = candidates[0]
+    return Identification(face, name if distance <= threshold else None, distance, candidates)
+
+
+def _open(gallery: Path) -> store.Snapshot:
+    snapshot = store.read(gallery)
+    if snapshot is None:
+        raise FacerecError(f"{gallery}: no gallery here; run `facerec index DIR` first or pass --gallery")
+    return snapshot
