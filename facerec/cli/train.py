@@ -1,0 +1,120 @@
+"""`facerec train`: fine-tune the backbone with triplets (or, with `--check`, verify the pipeline in one step)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import click
+
+from facerec.cli import backbone_options, detector_options, parse_options, warn
+from facerec.training.trainer import NOTHING_FROZEN, OPTIMIZERS, TrainSettings
+
+DEFAULT_RUN = Path(".facerec") / "run"
+SETTING_NAMES = {f.name for f in fields(TrainSettings)}
+OPTION_OF = {
+    "miner_options": "miner_option",
+    "loss_options": "loss_option",
+    "detector_options": "detector_options",
+}
+
+
+@click.command(name="train")
+@click.argument("data", type=click.Path(file_okay=False))
+@backbone_options
+@detector_options
+@click.option(
+    "--miner", default="dict", show_default=True, help="Registered miner: dict, batch-hard, semi-hard."
+)
+@click.option(
+    "-M",
+    "--miner-option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Miner option, e.g. -M negatives=semi-hard.",
+)
+@click.option("--loss", default="triplet", show_default=True, help="Registered loss.")
+@click.option(
+    "-L", "--loss-option", multiple=True, metavar="KEY=VALUE", help="Loss option, e.g. -L margin=0.3."
+)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adagrad", show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(min=2), default=8, show_default=True, help="Anchors per step."
+)
+@click.option(
+    "--per-identity",
+    type=click.IntRange(min=2),
+    default=4,
+    show_default=True,
+    help="Images per identity in a batch, for in-batch miners (batch-hard, semi-hard).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=100, show_default=True, help="Epochs in all.")
+@click.option(
+    "--freeze",
+    default=NOTHING_FROZEN,
+    show_default=True,
+    metavar="LAYER",
+    help="Keep the backbone's layers up to and including LAYER fixed (e.g. block8); none trains all.",
+)
+@click.option("--augment/--no-augment", default=True, show_default=True, help="Flip, crop and jitter faces.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of every random choice of the run."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_RUN,
+    show_default=True,
+    help="Run folder: metrics.jsonl, backbone.pt, checkpoint.pt, loss.png.",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out at its next epoch, up to --epochs.")
+@click.option("--check", is_flag=True, help="Run one step on one batch, verify data and loss, write nothing.")
+@click.option(
+    "--face-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where face crops are cached [default: $XDG_CACHE_HOME/facerec/faces].",
+)
+@click.pass_context
+def command(
+    ctx: click.Context,
+    data: str,
+    out: Path,
+    resume: bool,
+    check: bool,
+    face_cache: Path | None,
+    device: str,
+    **options,
+):
+    """Fine-tune the backbone on DATA/<identity>/<image> with triplets.
+
+    The dict miner (the seed's) draws each anchor's positive and negative from the whole dataset; the
+    in-batch miners take them from batches of --per-identity images of each identity.
+    """
+    from facerec.training.trainer import check as check_run
+    from facerec.training.trainer import train
+
+    settings = settings_from(data, options)
+    if check:
+        for line in check_run(settings, device, face_cache, warn).lines():
+            click.echo(line)
+        return
+    given = {name for name in SETTING_NAMES if _given(ctx, OPTION_OF.get(name, name))}
+    train(settings, out, resume, device, face_cache, warn, click.echo, given - {"epochs"})
+
+
+def settings_from(data: str, options: dict) -> TrainSettings:
+    """The run's settings from the command's options (KEY=VALUE lists parsed)."""
+    values = {name: options[name] for name in SETTING_NAMES & options.keys()}
+    values["miner_options"] = parse_options(options["miner_option"], "--miner-option")
+    values["loss_options"] = parse_options(options["loss_option"], "--loss-option")
+    values["detector_options"] = parse_options(options["detector_options"], "--detector-option")
+    return TrainSettings(data=data, **values)
+
+
+def _given(ctx: click.Context, parameter: str) -> bool:
+    source = ctx.get_parameter_source(parameter)
+    return source is not None and source not in (
+        click.core.ParameterSource.DEFAULT,
+        click.core.ParameterSource.DEFAULT_MAP,
+    )

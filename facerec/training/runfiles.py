@@ -1,0 +1,87 @@
+"""The files of a run folder (DESIGN.md, "Training runs"), written atomically and never as pickle.
+
+- `metrics.jsonl`: one JSON object per finished epoch, `{"epoch": N, "loss": X, ...}`;
+- `backbone.pt`: the trained network's state dict in its backbone's layout (usable as `--weights`);
+- `checkpoint.pt`: what `--resume` needs: model, optimizer, epoch, sampler seed and the run's settings;
+  plain tensors, numbers, strings, lists and dicts, so it loads with `weights_only=True`;
+- `loss.png`: the loss curve.
+
+An epoch's metrics line is written before its checkpoint and replaces any line of that epoch or later, so
+a run killed between the two writes redoes that epoch when resumed and logs it once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facerec.errors import FacerecError
+from facerec.training.atomic import write_atomically
+from facerec.training.plots import loss_curve
+
+CHECKPOINT = "checkpoint.pt"
+BACKBONE = "backbone.pt"
+METRICS = "metrics.jsonl"
+LOSS_CURVE = "loss.png"
+
+
+def save_tensors(path: Path, state: Mapping[str, Any]) -> None:
+    """torch.save `state` to `path` atomically."""
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    write_atomically(path, lambda f: f.write(buffer.getbuffer()))
+
+
+class RunFolder:
+    """A run folder; only one process of a distributed run writes to it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+        save_tensors(self.checkpoint, state)
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint, loaded with weights_only=True; a clear error when missing or unreadable."""
+        if not self.checkpoint.is_file():
+            raise FacerecError(f"{self.checkpoint}: no checkpoint to resume from")
+        try:
+            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many types for bad files; all mean "cannot resume"
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise FacerecError(
+                f"{self.checkpoint}: not a checkpoint that loads safely ({first_line})"
+            ) from None
+
+    def save_backbone(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        save_tensors(self.path / BACKBONE, {k: v.detach().cpu() for k, v in state_dict.items()})
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.path / METRICS
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Rewrite `metrics.jsonl` with `records` and redraw the loss curve from them."""
+        text = "".join(json.dumps(record) + "\n" for record in records)
+        write_atomically(self.path / METRICS, lambda f: f.write(text.encode()))
+        if records:
+            loss_curve(self.path / LOSS_CURVE, [r["epoch"] for r in records], [r["loss"] for r in records])
+
+    def add_metrics(self, record: dict[str, Any]) -> None:
+        """Log a finished epoch (replacing a line of the same epoch left by an interrupted run)."""
+        kept = [r for r in self.metrics() if r["epoch"] < record["epoch"]]
+        self.write_metrics([*kept, record])
