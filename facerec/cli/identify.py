@@ -9,7 +9,7 @@ import click
 from tqdm import tqdm
 
 from facerec.cli import backbone_options, detector_options, echo_json, warn
-from facerec.cli.index import gallery_option, model_request
+from facerec.cli.index import explicit_models, gallery_option
 from facerec.identify import DEFAULT_TOP_K, IdentifiedImage
 
 UNKNOWN = "unknown"
@@ -44,12 +44,19 @@ def command(ctx, images, gallery, threshold, top_k, as_json, annotate, device, *
     The gallery's own models embed the faces (no model options needed); model options, when given,
     must be the gallery's, and anything else is refused. Exit status 1 when any image could not be read.
     """
-    from facerec.annotate import AnnotatedFolder
     from facerec.api import open_gallery
 
     found = open_gallery(gallery, device)
-    results = found.identify_all(images, threshold=threshold, top_k=top_k, **_explicit(ctx, device))
-    table = None if as_json else Table(images, found.identities())
+    results = found.identify_all(images, threshold=threshold, top_k=top_k, **explicit_models(ctx))
+    if show(results, images, found.identities(), as_json, annotate):
+        raise click.exceptions.Exit(1)
+
+
+def show(results, images, identities: dict[str, int], as_json: bool, annotate: Path | None) -> int:
+    """Print results as they come (JSON Lines or a table), draw them when asked; returns the failures."""
+    from facerec.annotate import AnnotatedFolder
+
+    table = None if as_json else Table(images, identities)
     pictures = AnnotatedFolder(annotate) if annotate else None
     failed = 0
     with tqdm(total=len(images), unit="image", disable=not sys.stderr.isatty()) as bar:
@@ -64,14 +71,7 @@ def command(ctx, images, gallery, threshold, top_k, as_json, annotate, device, *
                 echo_json(result.to_json())
             elif result.error is None:
                 table.print(result)
-    if failed:
-        raise click.exceptions.Exit(1)
-
-
-def _explicit(ctx: click.Context, device: str) -> dict:
-    """The model options given on the command line, as the API's keyword arguments."""
-    request = model_request(ctx, device)
-    return {name: value for name, value in vars(request).items() if value is not None and name != "device"}
+    return failed
 
 
 class Table:

@@ -10,7 +10,6 @@ from click.core import ParameterSource
 
 from facerec.cli import backbone_options, detector_options, parse_options, warn
 from facerec.errors import FacerecError
-from facerec.provenance import ModelRequest
 
 MODEL_OPTIONS = ("backbone", "pretrained", "weights", "detector", "detector_options", "margin", "align")
 
@@ -26,11 +25,11 @@ def gallery_option(command):
     )(command)
 
 
-def model_request(ctx: click.Context, device: str) -> ModelRequest:
-    """The model options the user actually gave; the rest come from the gallery's record.
+def explicit_models(ctx: click.Context) -> dict:
+    """The model options the user actually gave, as the API's keyword arguments.
 
     A gallery fixes the models that made its vectors, so the shared options' defaults must not count
-    as a request for other models.
+    as a request for other models: what is not given comes from the gallery's record.
     """
     given = {}
     for name in MODEL_OPTIONS:
@@ -38,7 +37,7 @@ def model_request(ctx: click.Context, device: str) -> ModelRequest:
             given[name] = ctx.params[name]
     if "detector_options" in given:
         given["detector_options"] = parse_options(given["detector_options"], "--detector-option")
-    return ModelRequest(device=device, **given)
+    return given
 
 
 @click.command(name="index")
@@ -68,23 +67,26 @@ def command(ctx, folder, gallery, device, head, head_option, **_models):
     forgets deleted ones. Model options default to the gallery's (a new gallery: inception-resnet,
     vggface2, mtcnn); options that differ from the gallery's are refused.
     """
-    from facerec.enroll import index_folder
+    from facerec.api import open_gallery
 
-    report = index_folder(
-        gallery,
+    report = open_gallery(gallery, device).index(
         folder,
-        model_request(ctx, device),
-        head,
-        parse_options(head_option, "--head-option") if head_option else None,
+        head=head,
+        head_options=parse_options(head_option, "--head-option") if head_option else None,
         progress=sys.stderr.isatty(),
         note=warn,
+        **explicit_models(ctx),
     )
-    enrolled = report.enrolled_from_folder
+    click.echo(summary(report))
+    if report.enrolled_from_folder == 0:
+        raise FacerecError(f"{folder}: no face enrolled from this folder")
+
+
+def summary(report) -> str:
+    """One line: what the gallery holds now and what this run did."""
     state = f"updated to {report.version}" if report.version else "already up to date"
-    click.echo(
-        f"{gallery}: {state}; {sum(report.identities.values())} faces of {len(report.identities)} identities "
-        f"({report.embedded} embedded, {report.reused} reused, {report.unchanged} unchanged, "
+    return (
+        f"{report.gallery}: {state}; {sum(report.identities.values())} faces of {len(report.identities)} "
+        f"identities ({report.embedded} embedded, {report.reused} reused, {report.unchanged} unchanged, "
         f"{report.removed} removed, {len(report.skipped)} skipped)"
     )
-    if enrolled == 0:
-        raise FacerecError(f"{folder}: no face enrolled from this folder")
