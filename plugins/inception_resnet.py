@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+from torch.nn.utils.fusion import fuse_linear_bn_weights
 
 from facerec.hookspecs import Register, hookimpl
 from facerec.weights import WeightFile
@@ -205,23 +205,32 @@ class InceptionResnetV1(nn.Module):
 # Inference network: the same function with batch norm and residual scales folded into convolutions.
 
 
-def conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
-    """A convolution with `conv`'s geometry carrying `weight` and `bias` (no initialization spent)."""
-    result = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, device="meta"
-    )
-    result.weight, result.bias = nn.Parameter(weight), nn.Parameter(bias)
-    return result
+class FoldedConv(nn.Module):
+    """A convolution with bias standing for a convolution times `gain` plus `bias` (batch norm, scale).
+
+    The weight is written once, channels-last: with both input and weight in that layout oneDNN takes
+    its fast path and needs no reordering per call.
+    """
+
+    def __init__(self, like: nn.Conv2d, gain: torch.Tensor | float, bias: torch.Tensor):
+        super().__init__()
+        weight = torch.empty_like(like.weight, memory_format=torch.channels_last, requires_grad=False)
+        torch.mul(like.weight, gain, out=weight)
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+        self.stride, self.padding = like.stride, like.padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
 
 def fused(layer: nn.Module) -> nn.Module:
     """The inference form of a layer of InceptionResnetV1 (call under torch.no_grad)."""
     if isinstance(layer, ConvBnRelu):
-        conv, bn = layer.conv, layer.bn
-        weight, bias = fuse_conv_bn_weights(
-            conv.weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
-        )
-        return nn.Sequential(conv_like(conv, weight, bias), nn.ReLU(inplace=True))
+        bn = layer.bn
+        gain = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        conv = FoldedConv(layer.conv, gain.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * gain)
+        return nn.Sequential(conv, nn.ReLU(inplace=True))
     if isinstance(layer, nn.Sequential):
         return nn.Sequential(*map(fused, layer))
     if isinstance(layer, ResidualInception):
@@ -237,7 +246,7 @@ class FusedResidual(InceptionBranches):
     def __init__(self, block: ResidualInception):
         super().__init__([fused(branch) for branch in block.branches()])
         projection = block.conv2d
-        self.up = conv_like(projection, projection.weight * block.scale, projection.bias * block.scale)
+        self.up = FoldedConv(projection, block.scale, projection.bias * block.scale)
         self.relu = block.relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -256,12 +265,11 @@ class FusedInceptionResnetV1(nn.Module):
         with torch.no_grad():
             self.grid = nn.Sequential(*map(fused, source.grid_layers()))
             bn = source.last_bn
-            self.embed = nn.Linear(FEATURE_SIZE, EMBEDDING_SIZE, device="meta")
+            self.embed = nn.Linear(FEATURE_SIZE, EMBEDDING_SIZE)
             self.embed.weight, self.embed.bias = fuse_linear_bn_weights(
                 source.last_linear.weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
             )
         self.requires_grad_(False)
-        self.to(memory_format=torch.channels_last)
         self.eval()
 
     @torch.inference_mode()
@@ -328,7 +336,8 @@ class InceptionResnetV1Backbone:
     def build(self, state_dict: Mapping[str, torch.Tensor] | None = None) -> InceptionResnetV1:
         """The trainable network, randomly initialized or loaded from `state_dict` (with or without logits).
 
-        Loading skips the random initialization, which the weights would overwrite anyway.
+        The network takes the float32 tensors of `state_dict` as its own, without copying (as
+        `load_state_dict(assign=True)` does): training it changes them. Pass a copy to keep the dict.
         """
         if state_dict is None:
             return InceptionResnetV1()
@@ -336,14 +345,17 @@ class InceptionResnetV1Backbone:
             isinstance(v, torch.Tensor) for v in state_dict.values()
         ):
             raise StateDictMismatch("weights are not a state dict (a mapping of names to tensors)")
-        with torch.device("meta"):
+        with torch.device("meta"):  # no initialization: the weights replace it
             network = InceptionResnetV1(num_classes=_class_count(state_dict))
-        _check_fits(state_dict, {k: v.shape for k, v in network.state_dict().items()})
-        network.to_empty(device="cpu")
-        for name, buffer in network.named_buffers():
-            if name.endswith("num_batches_tracked"):
-                buffer.zero_()
-        network.load_state_dict(state_dict, strict=False)
+        expected = {key: value.shape for key, value in network.state_dict().items()}
+        _check_fits(state_dict, expected)
+        tensors = {
+            key: torch.zeros((), dtype=torch.long) for key in expected if key.endswith("num_batches_tracked")
+        }
+        tensors.update(
+            {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
+        )
+        network.load_state_dict(tensors, assign=True)
         return network
 
     def for_inference(self, module: nn.Module) -> FusedInceptionResnetV1:

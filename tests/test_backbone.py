@@ -116,10 +116,13 @@ def test_weights_that_do_not_fit_raise_a_short_value_error(backbone, salt0, chan
     assert len(str(raised.value)) < 300
 
 
-def test_weights_without_batch_counters_load(backbone, salt3, faces):
+def test_weights_without_batch_counters_load(backbone, salt3):
+    """Files saved before torch 0.4.1 have no num_batches_tracked; they load, the counters at zero."""
     state_dict = {k: v for k, v in salt3.state_dict().items() if not k.endswith("num_batches_tracked")}
-    with torch.no_grad():
-        assert torch.equal(backbone.build(state_dict).eval()(faces[:1]), salt3(faces[:1]))
+    loaded = backbone.build(state_dict).state_dict()
+    assert loaded.keys() == salt3.state_dict().keys()
+    assert loaded["conv2d_1a.bn.num_batches_tracked"] == 0
+    assert torch.equal(loaded["last_bn.running_var"], state_dict["last_bn.running_var"])
 
 
 def test_trainable_network_learns(backbone, faces):

@@ -1,0 +1,253 @@
+"""Embedding speed: 128 aligned 160x160 faces, whole process, facerec against facenet-pytorch.
+
+Each side runs in a fresh Python process, as a user's script would: import, build Inception-ResNet-v1,
+load the same seeded weights (../shared/tools/seeded_weights.py, salt 0) from one file, standardize the
+four aligned faces of ../shared/faces/test_images_aligned (repeated to `--faces`) and embed them in
+batches. The parent times each whole process; each process times its own embedding loop.
+
+- facenet-pytorch: `InceptionResnetV1().eval()`, `load_state_dict`, calls under `torch.no_grad()`.
+  It is installed into this environment for the benchmark only (`pip install --no-deps`: its pins are stale).
+- facerec: `registry().create("backbone", "inception-resnet")`, `build(state_dict)`, `for_inference`.
+
+Rounds alternate the two sides and the best round of each counts (the machine may be shared). The rate is
+set against the CPU's peak FP32 rate, estimated from lscpu (cores x clock x FLOPs per cycle), and against a
+large matrix product, the rate this CPU reaches in practice. Both processes use torch's default threads.
+
+    .venv/bin/python benchmarks/bench_embed.py [--faces 128] [--batch 32] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import time
+
+STARTED = time.perf_counter()  # before the heavy imports a worker process makes
+
+import argparse  # noqa: E402 (the start time comes first)
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+PEER = "facenet-pytorch==2.6.0"
+GFLOP_PER_FACE = 2.84  # Inception-ResNet-v1 on one 160x160 face: 1.418 G multiply-adds
+SIDES = ("facenet-pytorch", "facerec")
+
+
+# The worker processes.
+
+
+def aligned_faces(count: int, standardize) -> list:
+    """The shared aligned faces, standardized by the side's own function, repeated to `count`."""
+    from PIL import Image
+
+    paths = sorted((SHARED / "faces" / "test_images_aligned").glob("*/1.png"))
+    faces = [standardize(Image.open(path).convert("RGB")) for path in paths]
+    return [faces[i % len(faces)] for i in range(count)]
+
+
+def facenet_pytorch_side(weights: Path, count: int):
+    import numpy as np
+    import torch
+    from facenet_pytorch import InceptionResnetV1, fixed_image_standardization
+
+    network = InceptionResnetV1().eval()
+    network.load_state_dict(torch.load(weights, weights_only=True))
+
+    def standardize(image):
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
+        return fixed_image_standardization(pixels)
+
+    def embed(batch):
+        with torch.no_grad():
+            return network(batch)
+
+    return embed, aligned_faces(count, standardize)
+
+
+def facerec_side(weights: Path, count: int):
+    from facerec.align import standardize
+    from facerec.registry import registry
+    from facerec.weights import load_state_dict
+
+    backbone = registry().create("backbone", "inception-resnet")
+    embed = backbone.for_inference(backbone.build(load_state_dict(weights)))
+    return embed, aligned_faces(count, standardize)
+
+
+def work(side: str, weights: Path, count: int, batch: int, out: Path) -> None:
+    """One side's whole job; prints its timings as one JSON line and saves the embeddings to `out`."""
+    embed, faces = {"facenet-pytorch": facenet_pytorch_side, "facerec": facerec_side}[side](weights, count)
+    import numpy as np
+    import torch
+
+    ready = time.perf_counter()
+    embeddings = torch.cat([embed(torch.stack(faces[i : i + batch])) for i in range(0, count, batch)])
+    done = time.perf_counter()
+    np.save(out, embeddings.numpy(), allow_pickle=False)
+    timings = {"setup_s": ready - STARTED, "embed_s": done - ready, "threads": torch.get_num_threads()}
+    print(json.dumps(timings))
+
+
+# The parent process.
+
+
+def ensure_peer() -> None:
+    if importlib.util.find_spec("facenet_pytorch") is None:
+        print(f"installing {PEER} for this benchmark (--no-deps)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", PEER], check=True)
+
+
+def seeded_weights(folder: Path) -> Path:
+    """Salt-0 seeded weights without logits (what InceptionResnetV1() without `pretrained` loads)."""
+    spec = importlib.util.spec_from_file_location("seeded_weights", SHARED / "tools" / "seeded_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+
+    shapes = json.loads((SHARED / "reference" / "inception_resnet_v1.shapes.json").read_text())
+    shapes = {key: shape for key, shape in shapes.items() if not key.startswith("logits.")}
+    path = folder / "seeded-salt0.pt"
+    torch.save(module.seeded_state_dict(shapes, 0), path)
+    return path
+
+
+def run_side(side: str, weights: Path, args: argparse.Namespace, out: Path) -> dict:
+    command = [sys.executable, __file__, "--worker", side, "--weights", str(weights), "--out", str(out)]
+    command += ["--faces", str(args.faces), "--batch", str(args.batch)]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"{side} worker failed:\n{result.stderr}")
+    return {**json.loads(result.stdout.strip().splitlines()[-1]), "process_s": elapsed}
+
+
+def lscpu() -> dict[str, str]:
+    output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    return {
+        key.strip(): value.strip() for key, _, value in (line.partition(":") for line in output.splitlines())
+    }
+
+
+def clock_ghz(info: dict[str, str]) -> tuple[float, str]:
+    """lscpu's maximum clock, else the current one from lscpu or /proc/cpuinfo (VMs often show only that)."""
+    for key in ("CPU max MHz", "CPU MHz"):
+        if info.get(key):
+            return float(info[key]) / 1000, f"lscpu '{key}'"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("cpu MHz"):
+            return float(line.split(":")[1]) / 1000, "/proc/cpuinfo 'cpu MHz' (nominal: lscpu shows none)"
+    raise SystemExit("cannot tell the CPU clock")
+
+
+def flops_per_cycle(info: dict[str, str]) -> tuple[int, str]:
+    """FP32 FLOPs per cycle per core from the vector extensions, assuming two FMA pipes per core."""
+    flags = set(info.get("Flags", "").split())
+    if "avx512f" in flags and info.get("Vendor ID") == "AuthenticAMD" and info.get("CPU family") == "25":
+        return 32, "AVX-512 on Zen 4, run as 2 x 256-bit FMA pipes: 2 x 8 lanes x 2"
+    if "avx512f" in flags:
+        return 64, "AVX-512 FMA: 2 pipes x 16 lanes x 2"
+    if {"avx2", "fma"} <= flags:
+        return 32, "AVX2 FMA: 2 pipes x 8 lanes x 2"
+    return 8, "SSE: 4 lanes x (add + multiply)"
+
+
+def peak_gflops() -> tuple[float, str]:
+    info = lscpu()
+    cores = int(info.get("Core(s) per socket", "1")) * int(info.get("Socket(s)", "1"))
+    ghz, clock_source = clock_ghz(info)
+    per_cycle, why = flops_per_cycle(info)
+    peak = cores * ghz * per_cycle
+    how = (
+        f"{info.get('Model name', 'CPU')}: {cores} cores x {ghz:.2f} GHz ({clock_source}) x {per_cycle} "
+        f"FLOP/cycle ({why}) = {peak:.0f} GFLOP/s"
+    )
+    return peak, how
+
+
+def matmul_gflops() -> float:
+    """The FP32 rate of a large matrix product with torch's default threads: this CPU's practical ceiling."""
+    import torch
+
+    a, b = torch.randn(3072, 3072), torch.randn(3072, 3072)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(3))
+    return 2 * 3072**3 / best / 1e9
+
+
+def _timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def table(best: dict[str, dict], args: argparse.Namespace, peak: float, matmul: float, diff: float) -> str:
+    peer, ours = best["facenet-pytorch"], best["facerec"]
+
+    def rate(side: dict) -> float:
+        return args.faces * GFLOP_PER_FACE / side["embed_s"]
+
+    rows = [
+        ("whole process, s", f"{peer['process_s']:.2f}", f"{ours['process_s']:.2f}", peer["process_s"] / ours["process_s"]),
+        (f"embedding {args.faces} faces, s", f"{peer['embed_s']:.2f}", f"{ours['embed_s']:.2f}", peer["embed_s"] / ours["embed_s"]),
+        ("faces/s (embedding)", f"{args.faces / peer['embed_s']:.1f}", f"{args.faces / ours['embed_s']:.1f}", None),
+        ("GFLOP/s (embedding)", f"{rate(peer):.0f}", f"{rate(ours):.0f}", None),
+        (f"share of peak FP32 ({peak:.0f} GFLOP/s)", f"{rate(peer) / peak:.0%}", f"{rate(ours) / peak:.0%}", None),
+        (f"share of a 3072² matmul ({matmul:.0f} GFLOP/s)", f"{rate(peer) / matmul:.0%}", f"{rate(ours) / matmul:.0%}", None),
+    ]  # fmt: skip
+    lines = [
+        f"| {args.faces} faces, batch {args.batch}, {ours['threads']} threads | {PEER.replace('==', ' ')} | facerec | speedup |",
+        "| --- | ---: | ---: | ---: |",
+    ]  # fmt: skip
+    lines += [f"| {name} | {a} | {b} | {f'{s:.2f}x' if s else ''} |" for name, a, b, s in rows]
+    lines.append(f"\nmax abs difference of the embeddings, facerec vs facenet-pytorch: {diff:.1e}")
+    return "\n".join(lines)
+
+
+def compare(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    ensure_peer()
+    peak, how = peak_gflops()
+    print(f"peak FP32 estimate: {how}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work skews timings)")
+    with tempfile.TemporaryDirectory() as folder:
+        weights = seeded_weights(Path(folder))
+        best: dict[str, dict] = {}
+        for round_number in range(1, args.rounds + 1):
+            for side in SIDES:
+                timings = run_side(side, weights, args, Path(folder) / f"{side}.npy")
+                print(
+                    f"round {round_number} {side:15s} process {timings['process_s']:.2f} s, "
+                    f"setup {timings['setup_s']:.2f} s, embedding {timings['embed_s']:.2f} s"
+                )
+                if side not in best or timings["process_s"] < best[side]["process_s"]:
+                    best[side] = timings
+        outputs = [np.load(Path(folder) / f"{side}.npy") for side in SIDES]
+    diff = float(np.abs(outputs[0] - outputs[1]).max())
+    print()
+    print(table(best, args, peak, matmul_gflops(), diff))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--faces", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        work(args.worker, args.weights, args.faces, args.batch, args.out)
+    else:
+        compare(args)
+
+
+if __name__ == "__main__":
+    main()
