@@ -21,7 +21,7 @@ from tqdm import tqdm
 from facerec import gallery as store
 from facerec.errors import FacerecError
 from facerec.gallery import Contents, Entry, Skipped, Snapshot
-from facerec.provenance import ModelRequest, open_pipeline
+from facerec.provenance import ModelRequest, check_request, open_pipeline
 from facerec.registry import registry
 from facerec.weights import sha256_file
 
@@ -162,6 +162,8 @@ def index_folder(
 
 
 def _index(gallery, folder, snapshot, request, head, head_options, progress, note) -> IndexReport:
+    if snapshot is not None:
+        check_request(snapshot.provenance, request, gallery)
     found = scan(folder, note)
     steps = plan(folder, found, snapshot)
     if not found and not steps.removed:

@@ -27,7 +27,8 @@ IDENTITIES_FILE = "identities.json"
 class ClassifierHead:
     """Softmax regression over identities; `epochs` passes of Adam over the gallery, seeded.
 
-    Label smoothing keeps probabilities off 0 and 1, so the runner-up candidates still say something.
+    Label smoothing keeps probabilities off 0 and 1, so the runner-up candidates still say something;
+    weight decay keeps the layer close to "nearest class mean", which generalizes from few photos.
     """
 
     default_threshold = 0.5
@@ -36,7 +37,7 @@ class ClassifierHead:
         self,
         epochs: int = 200,
         lr: float = 0.05,
-        weight_decay: float = 1e-4,
+        weight_decay: float = 1e-2,
         label_smoothing: float = 0.1,
         batch_size: int = 4096,
         seed: int = 0,
@@ -60,9 +61,9 @@ class ClassifierHead:
         targets = torch.tensor([position[label] for label in labels])
         vectors = vectors.float()
         mean = vectors.mean(0)
-        scale = vectors.std(0, unbiased=False).clamp_min(
-            1e-6
-        )  # seeded or fine-tuned nets may cluster tightly
+        # One scale for all dimensions keeps the embedding space's geometry; it matters when a network
+        # (an untrained or seeded one, say) packs every face into a small cap of the sphere.
+        scale = (vectors - mean).pow(2).mean().sqrt().clamp_min(1e-6)
         linear = self._train((vectors - mean) / scale, targets)
         self.arrays = {
             "weight": linear.weight.detach(),
