@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_png, read_file
+from PIL import Image
 
 from facerec.enroll import scan
 from facerec.training.augment import FaceAugment
@@ -65,7 +66,8 @@ def read_faces(
     """
     faces = []
     for position, crop in enumerate(crops):
-        face = decode_png(read_file(str(crop)), ImageReadMode.RGB)
+        with Image.open(crop) as image:
+            face = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
         if augment is not None:
             face = augment(face, torch.Generator().manual_seed(seeds[position]))
         faces.append(face)

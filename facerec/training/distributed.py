@@ -2,9 +2,9 @@
 
 Every process builds the same batch, companions and triplets (they come from the run's seeds); each
 embeds its own contiguous share of the batch's faces, and the shares are gathered, with gradients, so
-every process computes the loss of the whole batch. The all-gather's backward sums the gradients of a
-share over the processes, N times its part of the whole batch's gradient; DistributedDataParallel then
-averages over N, which leaves the gradient one process would compute for the whole batch.
+every process computes the loss of the whole batch. The gather's backward sums the gradient of a share
+over the processes, N times its part of the whole batch's gradient; DistributedDataParallel then averages
+over N, which leaves the gradient one process would compute for the whole batch.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as distributed_nn
 
 
 @dataclass(frozen=True)
@@ -42,11 +41,30 @@ class Processes:
         """The first `count` rows of every process's `local` rows, in rank order, with gradients."""
         if self.world == 1:
             return local
-        return torch.cat(distributed_nn.all_gather(local))[:count]
+        return GatherRows.apply(local)[:count]
 
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+
+class GatherRows(torch.autograd.Function):
+    """All processes' rows, concatenated in rank order. Backward sums the gradient over the processes
+    (each computed the loss of the whole batch) and returns this process's rows of it.
+    """
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, local.contiguous())
+        ctx.rows = slice(dist.get_rank() * len(local), (dist.get_rank() + 1) * len(local))
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rows]
 
 
 def start(device: torch.device) -> Processes:

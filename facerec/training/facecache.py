@@ -28,7 +28,8 @@ def default_root() -> Path:
 
 def settings_key(detector_name: str, detector: Detector, crop: CropSettings) -> dict:
     """Everything that decides how an image becomes a crop."""
-    return {"detector": detector_name, "settings": dict(detector.settings), "crop": asdict(crop)}
+    crop_settings = {**asdict(crop), "margin": float(crop.margin)}  # 0 and 0.0 crop alike
+    return {"detector": detector_name, "settings": dict(detector.settings), "crop": crop_settings}
 
 
 class FaceCache:

@@ -132,7 +132,7 @@ def load_faces(
         raise FacerecError(
             f"{settings.data}: no identity has two images with faces: no positives to train on"
         )
-    if singles:
+    if singles and processes.writer:
         names = ", ".join(dataset.identities[label] for label in singles[:5]) + (
             ", ..." if len(singles) > 5 else ""
         )
@@ -162,8 +162,9 @@ class Trainer:
         self.processes = processes
         self.miner: Miner = registry().create("miner", settings.miner, **settings.miner_options)
         self.loss: Loss = registry().create("loss", settings.loss, **settings.loss_options)
-        self.backbone, self.network = self._network(checkpoint)
+        self.backbone: Backbone = registry().create("backbone", settings.backbone)
         self.dataset = load_faces(settings, self.backbone.input_size, cache_root, processes, report)
+        self.network = self._network(checkpoint)
         self.index = label_index(self.dataset.labels)
         if isinstance(self.miner, DatasetMiner):
             self.sampler = AnchorSampler(self.dataset.labels, settings.batch_size, settings.seed)
@@ -181,17 +182,17 @@ class Trainer:
             self.scaler.load_state_dict(checkpoint.get("scaler") or {})
         self.model = self._distributed(self.network)
 
-    def _network(self, checkpoint: dict[str, Any] | None) -> tuple[Backbone, nn.Module]:
-        """The backbone plugin and its trainable network: from the checkpoint when resuming, else from
-        the run's weights file or pretrained weights.
+    def _network(self, checkpoint: dict[str, Any] | None) -> nn.Module:
+        """The trainable network: from the checkpoint when resuming, else from the run's weights file or
+        pretrained weights.
         """
         settings = self.settings
         if checkpoint is None:
-            loaded = load_backbone(settings.backbone, settings.pretrained, settings.weights, str(self.device))
-            return loaded.plugin, loaded.module
-        plugin = registry().create("backbone", settings.backbone)
+            return load_backbone(
+                settings.backbone, settings.pretrained, settings.weights, str(self.device)
+            ).module
         try:
-            return plugin, plugin.build(checkpoint["model"]).to(self.device)
+            return self.backbone.build(checkpoint["model"]).to(self.device)
         except ValueError as error:
             raise FacerecError(f"checkpoint does not fit backbone '{settings.backbone}': {error}") from None
 
@@ -199,9 +200,7 @@ class Trainer:
         if self.processes.world == 1:
             return network
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(
-            network, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=True
-        )
+        return DistributedDataParallel(network, device_ids=device_ids, find_unused_parameters=True)
 
     def train_mode(self) -> None:
         """Train mode, except frozen layers and batch norm (see the module's docstring)."""

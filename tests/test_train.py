@@ -1,0 +1,255 @@
+"""Fine-tuning for real on the five-person set of ../shared/faces/knn/train (MTCNN crops, seeded weights).
+
+The faces are detected once per session into a face cache every run here shares; most layers are frozen
+and epochs are two steps, so a run takes seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SHARED
+from facerec.engine import CropSettings, create_detector
+from facerec.errors import FacerecError, UsageError
+from facerec.training.augment import FaceAugment
+from facerec.training.distributed import Processes
+from facerec.training.facecache import FaceCache
+from facerec.training.runfiles import RunFolder
+from facerec.training.sampler import AnchorSampler, IdentitySampler, label_index
+from facerec.training.trainer import Trainer, TrainSettings, freeze_through, train
+
+KNN_TRAIN = SHARED / "faces" / "knn" / "train"
+ALIGNED = SHARED / "faces" / "test_images_aligned"
+QUICK = ["--batch-size", "4", "--freeze", "block8", "--device", "cpu"]  # two steps per epoch
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory) -> Path:
+    """A TORCH_HOME whose cache holds the MTCNN weights of ../shared (linked, not copied)."""
+    home = tmp_path_factory.getbasetemp() / "torch-home-mtcnn"
+    (home / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for net in ("pnet", "rnet", "onet"):
+        link = home / "checkpoints" / f"{net}.pt"
+        if not link.exists():
+            link.symlink_to(SHARED / "weights" / "mtcnn" / f"{net}.pt")
+    return home
+
+
+@pytest.fixture(scope="session")
+def face_cache(tmp_path_factory, torch_home) -> Path:
+    """A face cache holding the MTCNN crops of the knn training set (shared by this session's tests)."""
+    root = tmp_path_factory.getbasetemp() / "face-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(torch_home))
+        cache = FaceCache(root, "mtcnn", create_detector("mtcnn"), CropSettings())
+        images = sorted(KNN_TRAIN.glob("*/*"))
+        from facerec.weights import sha256_file
+
+        crops = cache.crops([(str(p), sha256_file(p)) for p in images], lambda message: None)
+    assert all(crops), "every knn training image has a face"
+    return root
+
+
+@pytest.fixture
+def env(torch_home) -> dict[str, str]:
+    return {"TORCH_HOME": str(torch_home)}
+
+
+def settings(weights: Path, **changes) -> TrainSettings:
+    values = {"data": str(KNN_TRAIN), "weights": str(weights), "batch_size": 4, "freeze": "block8"}
+    return TrainSettings(**{**values, **changes})
+
+
+def test_loss_goes_down_on_a_fixed_batch_and_frozen_layers_stay(seeded_weights, face_cache):
+    run = settings(
+        seeded_weights, miner="batch-hard", per_identity=2, augment=False, batch_size=6, optimizer="sgd"
+    )
+    notes = []
+    trainer = Trainer(run, torch.device("cpu"), Processes(), face_cache, notes.append)
+    assert notes == ["1 identity has a single image (alex_lacamoire): used only as negatives"]
+    before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    trainer.train_mode()
+    batch = trainer.sampler.epoch(1)[0]
+    losses = [trainer.step(1, 0, batch).loss for _ in range(3)]
+    assert losses[0] > 0.1
+    assert all(later < earlier for earlier, later in itertools.pairwise(losses)), losses
+    after = trainer.network.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    assert changed == {
+        "last_linear.weight",
+        "last_bn.weight",
+        "last_bn.bias",
+    }  # batch norm keeps its statistics
+
+
+def test_freeze_names_a_layer_in_order():
+    network = torch.nn.Sequential()
+    network.add_module("trunk", torch.nn.Linear(2, 2))
+    network.add_module("head", torch.nn.Linear(2, 2))
+    assert freeze_through(network, "trunk") == [network.trunk]
+    assert not network.trunk.weight.requires_grad and network.head.weight.requires_grad
+    with pytest.raises(UsageError, match=r"no layer 'neck' \(layers: trunk, head, or none\)"):
+        freeze_through(network, "neck")
+    with pytest.raises(UsageError, match="nothing to train"):
+        freeze_through(network, "head")
+
+
+def test_samplers_are_reproducible_and_keep_singles_out_of_anchors():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    anchors = AnchorSampler(labels, batch_size=4, seed=7)
+    first = anchors.epoch(1)
+    assert [b.tolist() for b in first] == [b.tolist() for b in AnchorSampler(labels, 4, seed=7).epoch(1)]
+    assert sorted(torch.cat(first).tolist()) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        6,
+        7,
+        8,
+        9,
+    ]  # image 5 is identity 2's only one
+    assert [b.tolist() for b in anchors.epoch(2)] != [b.tolist() for b in first]
+    identities = IdentitySampler(labels, batch_size=6, per_identity=3, seed=7)
+    for batch in identities.epoch(1):
+        assert len(batch) == 6 and len(set(batch.tolist())) == 6
+        counts = torch.bincount(labels[batch], minlength=4)
+        assert counts.max() <= 3
+    assert len(identities) == 2
+    assert label_index(labels)[3].tolist() == [6, 7, 8, 9]
+
+
+def test_augmentation_is_a_function_of_its_seed():
+    face = torch.randint(0, 256, (3, 160, 160), dtype=torch.uint8)
+    augment = FaceAugment()
+    one = augment(face, torch.Generator().manual_seed(3))
+    assert one.shape == face.shape and one.dtype == torch.uint8
+    assert torch.equal(one, augment(face, torch.Generator().manual_seed(3)))
+    assert not torch.equal(one, augment(face, torch.Generator().manual_seed(4)))
+
+
+def test_face_cache_is_keyed_by_content_and_settings(face_cache, tmp_path, torch_home, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    cache = FaceCache(face_cache, "mtcnn", create_detector("mtcnn"), CropSettings())
+    other = FaceCache(face_cache, "mtcnn", create_detector("mtcnn"), CropSettings(margin=20))
+    assert cache.folder != other.folder
+    copy = tmp_path / "renamed.jpg"
+    copy.write_bytes((KNN_TRAIN / "biden" / "biden.jpg").read_bytes())
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    from facerec.weights import sha256_file
+
+    notes = []
+    crops = cache.crops([(str(p), sha256_file(p)) for p in (copy, text)], notes.append)
+    assert crops[0] is not None and crops[0].parent.parent == cache.folder  # reused, not detected again
+    assert crops[1] is None and notes == [f"{text}: cannot decode image: not an image file, skipped"]
+    assert crops[1] is None and cache.crops([(str(text), sha256_file(text))], notes.append) == [None]
+
+
+def test_metrics_lines_of_an_interrupted_epoch_are_replaced(tmp_path):
+    run = RunFolder(tmp_path)
+    for epoch in (1, 2, 3):
+        run.add_metrics({"epoch": epoch, "loss": 1.0 / epoch})
+    run.add_metrics({"epoch": 2, "loss": 0.4})  # resumed from the checkpoint of epoch 1
+    assert [r["epoch"] for r in run.metrics()] == [1, 2]
+    assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_train_resume_and_use_the_weights(cli, env, seeded_weights, face_cache, tmp_path):
+    out = tmp_path / "run"
+    common = [KNN_TRAIN, "--weights", seeded_weights, "--out", out, "--face-cache", face_cache, *QUICK]
+    first = cli("train", *common, "--epochs", "1", env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("epoch 1/1  loss ")
+    assert "1 identity has a single image (alex_lacamoire): used only as negatives" in first.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "backbone.pt",
+        "checkpoint.pt",
+        "loss.png",
+        "metrics.jsonl",
+    ]
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["settings"]["batch_size"] == 4
+    trained = torch.load(out / "backbone.pt", weights_only=True)
+    seeded = torch.load(seeded_weights, weights_only=True)
+    assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in seeded.items()}
+    assert not torch.equal(trained["last_linear.weight"], seeded["last_linear.weight"])
+
+    again = cli("train", *common, "--epochs", "2", env=env)
+    assert again.returncode == 1 and "pass --resume" in again.stderr
+    other_rate = cli("train", *common, "--epochs", "2", "--resume", "--lr", "0.1", env=env)
+    assert other_rate.returncode == 2 and "--lr 0.1 differs from the run's 0.05" in other_rate.stderr
+
+    resumed = cli(
+        "train", KNN_TRAIN, "--out", out, "--face-cache", face_cache, "--epochs", "2", "--resume", env=env
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.startswith("epoch 2/2  loss ") and "epoch 1/" not in resumed.stdout
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all(m["loss"] > 0 and 0 <= m["active"] <= 1 for m in metrics)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+    face = ALIGNED / "angelina_jolie" / "1.png"
+    embedded = {}
+    for weights in (out / "backbone.pt", seeded_weights):
+        result = cli("embed", face, "--weights", weights, "--detector", "none", "--json")
+        assert result.returncode == 0, result.stderr
+        embedded[weights] = torch.tensor(json.loads(result.stdout)["faces"][0]["embedding"])
+    assert embedded[out / "backbone.pt"].norm().item() == pytest.approx(1.0, abs=1e-5)
+    assert not torch.allclose(embedded[out / "backbone.pt"], embedded[seeded_weights], atol=1e-4)
+    gallery = tmp_path / "gallery"
+    indexed = cli(
+        "index", ALIGNED, "--weights", out / "backbone.pt", "--detector", "none", "--gallery", gallery
+    )
+    assert indexed.returncode == 0, indexed.stderr
+
+
+def test_check_runs_one_step_and_writes_nothing(cli, env, seeded_weights, face_cache, tmp_path):
+    out = tmp_path / "run"
+    result = cli(
+        "train",
+        KNN_TRAIN,
+        "--check",
+        "--weights",
+        seeded_weights,
+        "--out",
+        out,
+        "--face-cache",
+        face_cache,
+        *QUICK,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "data: 9 faces of 5 identities"
+    assert lines[1] == "step: batch of 4, 12 faces embedded, 4 triplets mined"
+    assert lines[2].startswith("loss: ") and "gradients finite, weights updated" in lines[2]
+    assert not out.exists()
+
+
+def test_bad_data_is_one_clear_line(cli, tmp_path):
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "face.png").write_bytes((ALIGNED / "paul_rudd" / "1.png").read_bytes())
+    result = cli(
+        "train", tmp_path, "--pretrained", "none", "--detector", "none", "--face-cache", tmp_path / "c"
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {tmp_path}: triplets need at least two identities with faces"
+    ]
+    with pytest.raises(FacerecError, match="no checkpoint"):
+        RunFolder(tmp_path / "nowhere").load_checkpoint()
+
+
+def test_unknown_miner_is_a_usage_error(tmp_path):
+    with pytest.raises(
+        UsageError, match=r"unknown miner 'hardest' \(available: batch-hard, dict, semi-hard\)"
+    ):
+        train(TrainSettings(data=str(KNN_TRAIN), miner="hardest"), tmp_path / "run", device="cpu")
