@@ -15,7 +15,20 @@ import sys
 import torch
 from test_train import KNN_TRAIN, face_cache, torch_home  # noqa: F401 (session fixtures shared)
 
-SETTINGS = "--batch-size 4 --freeze dropout --optimizer sgd --lr 1 --epochs 1 --device cpu".split()
+SETTINGS = [
+    "--batch-size",
+    "4",
+    "--freeze",
+    "dropout",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "1",
+    "--epochs",
+    "1",
+    "--device",
+    "cpu",
+]
 
 
 def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
