@@ -37,8 +37,11 @@ FILES = {
 
 
 def has_identities(folder: Path) -> bool:
-    """Whether `folder` already holds identity folders (hidden ones and loose files do not count)."""
-    return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+    """Whether `folder` already holds photos in identity folders (empty or hidden folders do not count)."""
+    if not folder.is_dir():
+        return False
+    people = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return any(f.is_file() and not f.name.startswith(".") for person in people for f in person.rglob("*"))
 
 
 def fetch(
