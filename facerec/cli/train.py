@@ -1,4 +1,6 @@
-"""`facerec train`: fine-tune the backbone with triplets (or, with `--check`, verify the pipeline in one step)."""
+"""`facerec train`: fine-tune the backbone with triplets (`--check`: verify the pipeline in one step), or
+train a gallery's head on frozen embeddings (`--head classifier`, the seed's classification module).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +10,13 @@ from pathlib import Path
 import click
 
 from facerec.cli import backbone_options, detector_options, parse_options, warn
+from facerec.cli.index import explicit_models, gallery_option
+from facerec.errors import UsageError
 from facerec.training.trainer import NOTHING_FROZEN, OPTIMIZERS, TrainSettings
 
 DEFAULT_RUN = Path(".facerec") / "run"
+HEAD_OPTIONS = {"lr": "lr", "batch_size": "batch_size", "epochs": "epochs", "seed": "seed"}
+MODEL_SETTINGS = ("backbone", "pretrained", "weights", "detector", "detector_options", "margin", "align")
 SETTING_NAMES = {f.name for f in fields(TrainSettings)}
 OPTION_OF = {
     "miner_options": "miner_option",
@@ -71,26 +77,28 @@ OPTION_OF = {
 @click.option("--resume", is_flag=True, help="Continue the run in --out at its next epoch, up to --epochs.")
 @click.option("--check", is_flag=True, help="Run one step on one batch, verify data and loss, write nothing.")
 @click.option(
+    "--head",
+    help="Train this gallery head (classifier) on frozen embeddings instead of fine-tuning the backbone; "
+    "--lr, --batch-size, --epochs and --seed become the head's options.",
+)
+@gallery_option
+@click.option(
     "--face-cache",
     type=click.Path(file_okay=False, path_type=Path),
     help="Where face crops are cached [default: $XDG_CACHE_HOME/facerec/faces].",
 )
 @click.pass_context
-def command(
-    ctx: click.Context,
-    data: str,
-    out: Path,
-    resume: bool,
-    check: bool,
-    face_cache: Path | None,
-    device: str,
-    **options,
-):
+def command(ctx, data, out, resume, check, head, gallery, face_cache, device, **options):
     """Fine-tune the backbone on DATA/<identity>/<image> with triplets.
 
     The dict miner (the seed's) draws each anchor's positive and negative from the whole dataset; the
-    in-batch miners take them from batches of --per-identity images of each identity.
+    in-batch miners take them from batches of --per-identity images of each identity. With --head, DATA
+    is enrolled into --gallery and the head is trained on the gallery's embeddings.
     """
+    given = {name for name in SETTING_NAMES if _given(ctx, OPTION_OF.get(name, name))}
+    if head is not None:
+        train_head_command(ctx, data, out, resume, check, head, gallery, device, given)
+        return
     from facerec.training.trainer import check as check_run
     from facerec.training.trainer import train
 
@@ -99,8 +107,21 @@ def command(
         for line in check_run(settings, device, face_cache, warn).lines():
             click.echo(line)
         return
-    given = {name for name in SETTING_NAMES if _given(ctx, OPTION_OF.get(name, name))}
     train(settings, out, resume, device, face_cache, warn, click.echo, given - {"epochs"})
+
+
+def train_head_command(ctx, data, out, resume, check, head, gallery, device, given) -> None:
+    """`train --head NAME`: the options that mean something for a head, as its options."""
+    from facerec.training.classifier import train_head
+
+    unused = sorted(given - set(HEAD_OPTIONS) - set(MODEL_SETTINGS) - {"data"}) + (["check"] if check else [])
+    if unused:
+        names = ", ".join("--" + OPTION_OF.get(name, name).replace("_", "-") for name in unused)
+        raise UsageError(f"{names}: not used when training a head (--head {head})")
+    head_options = {HEAD_OPTIONS[name]: ctx.params[name] for name in HEAD_OPTIONS if name in given}
+    train_head(
+        gallery, Path(data), head, head_options, out, resume, explicit_models(ctx), device, warn, click.echo
+    )
 
 
 def settings_from(data: str, options: dict) -> TrainSettings:

@@ -1,0 +1,164 @@
+"""The seed's classification module: a head (`classifier`) trained on a gallery's frozen embeddings.
+
+`facerec train DIR --head classifier` first enrolls DIR into the gallery as `facerec index` does (only new
+or changed images go through the frozen backbone), then fits the head on the gallery's vectors epoch by
+epoch into a run folder (metrics.jsonl, checkpoint.pt, loss.png; `--resume` continues), and finally
+stores the fitted head as the gallery's, so `facerec identify` answers with it.
+
+The head runs its own training loop; the run only keeps what the head hands over after each epoch. A
+head takes part by implementing `ResumableHead`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from facerec import gallery as store
+from facerec.enroll import index_folder
+from facerec.errors import FacerecError, UsageError
+from facerec.provenance import ModelRequest
+from facerec.registry import registry
+from facerec.training.runfiles import RunFolder
+
+CHECKPOINT_FORMAT = 1
+EpochCallback = Callable[[int, float, dict[str, Any]], None]
+
+
+@runtime_checkable
+class ResumableHead(Protocol):
+    """A head whose fitting can be checkpointed and resumed.
+
+    `fit_epochs` fits as `fit` does, for `options["epochs"]` epochs in all, starting after the epoch that
+    `state` records when given (a state an earlier `on_epoch` received, for the same vectors and labels).
+    After each epoch it calls `on_epoch(epoch, mean loss, state)`, the state made of tensors, numbers,
+    strings, lists and dicts only, so it saves and loads with `weights_only=True`.
+    """
+
+    options: Mapping[str, Any]
+
+    def fit_epochs(
+        self,
+        vectors: torch.Tensor,
+        labels: Sequence[str],
+        state: Mapping[str, Any] | None = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> None: ...
+
+
+def train_head(
+    gallery: Path,
+    folder: Path,
+    head: str,
+    head_options: dict[str, Any],
+    out: Path,
+    resume: bool = False,
+    models: dict[str, Any] | None = None,
+    device: str = "auto",
+    report: Callable[[str], None] = print,
+    echo: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Enroll `folder` into `gallery`, fit head `head` (with `head_options`) on the gallery's vectors into
+    the run folder `out`, and make it the gallery's head. Returns the records of the epochs run now.
+    """
+    run = RunFolder(out)
+    checkpoint = _checkpoint(run, resume)
+    if checkpoint is not None:
+        head, head_options = checkpoint["head"], _resumed_options(checkpoint["options"], head_options, run)
+    fitted = registry().create("head", head, **head_options)
+    if not isinstance(fitted, ResumableHead):
+        raise UsageError(
+            f"head '{head}' cannot be trained epoch by epoch; `facerec index --head {head}` fits it"
+        )
+    index_folder(gallery, folder, ModelRequest(device=device, **(models or {})), note=report)
+    snapshot = store.read(gallery)
+    version = snapshot.version
+    try:
+        vectors = torch.from_numpy(np.array(snapshot.vectors(), dtype=np.float32))
+        labels = [entry.identity for entry in snapshot.entries()]
+    finally:
+        snapshot.close()
+    enrolled = fingerprint(vectors, labels)
+    if checkpoint is not None and checkpoint["enrolled"] != enrolled:
+        raise FacerecError(f"{gallery}: its faces changed since the run in {out} started; start a new run")
+    run.create()
+    records = []
+
+    def on_epoch(epoch: int, loss: float, state: dict[str, Any]) -> None:
+        record = {"epoch": epoch, "loss": loss}
+        records.append(record)
+        run.add_metrics(record)
+        run.save_checkpoint(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "kind": "head",
+                "head": head,
+                "options": dict(fitted.options),
+                "gallery": str(gallery),
+                "enrolled": enrolled,
+                "epoch": epoch,
+                "state": state,
+            }
+        )
+        echo(f"epoch {epoch}/{fitted.options['epochs']}  loss {loss:.4f}")
+
+    fitted.fit_epochs(vectors, labels, checkpoint["state"] if checkpoint else None, on_epoch)
+    _store_head(gallery, version, head, fitted)
+    return records
+
+
+def fingerprint(vectors: torch.Tensor, labels: Sequence[str]) -> str:
+    """A SHA-256 of what the head learns from: the vectors and their identities, in order."""
+    digest = hashlib.sha256(vectors.numpy().tobytes())
+    digest.update(json.dumps(list(labels), ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def _checkpoint(run: RunFolder, resume: bool) -> dict[str, Any] | None:
+    if not resume:
+        if run.checkpoint.exists():
+            raise FacerecError(
+                f"{run.path}: holds a run already; pass --resume to continue it, or another --out"
+            )
+        return None
+    checkpoint = run.load_checkpoint()
+    if checkpoint.get("format") != CHECKPOINT_FORMAT or checkpoint.get("kind") != "head":
+        raise FacerecError(f"{run.checkpoint}: not a checkpoint of a head's training (train --head)")
+    return checkpoint
+
+
+def _resumed_options(recorded: dict[str, Any], given: dict[str, Any], run: RunFolder) -> dict[str, Any]:
+    """The recorded head options with the epoch count given now; other given options must agree."""
+    for name, value in given.items():
+        if name != "epochs" and recorded.get(name) != value:
+            raise UsageError(
+                f"head option {name}={value} differs from the run's {recorded.get(name)} ({run.checkpoint}); "
+                "--resume continues a run with its own settings"
+            )
+    return {**recorded, **given}
+
+
+def _store_head(gallery: Path, version: str, name: str, head: Any) -> None:
+    """A new gallery version: the same entries and vectors, with the fitted head."""
+    with store.locked(gallery):
+        snapshot = store.read(gallery)
+        try:
+            if snapshot.version != version:
+                raise FacerecError(f"{gallery}: changed while the head was training; run again")
+            contents = store.Contents(
+                provenance=snapshot.provenance,
+                head=name,
+                head_options=dict(head.options),
+                entries=snapshot.entries(),
+                vectors=np.array(snapshot.vectors(), dtype=np.float32),
+                skipped=snapshot.skipped(),
+            )
+        finally:
+            snapshot.close()
+        store.write(gallery, contents, head)
