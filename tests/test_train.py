@@ -10,12 +10,15 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import SHARED
+from facerec import gallery as store
 from facerec.engine import CropSettings, create_detector
 from facerec.errors import FacerecError, UsageError
+from facerec.registry import registry
 from facerec.training.augment import FaceAugment
 from facerec.training.distributed import Processes
 from facerec.training.facecache import FaceCache
@@ -253,3 +256,38 @@ def test_unknown_miner_is_a_usage_error(tmp_path):
         UsageError, match=r"unknown miner 'hardest' \(available: batch-hard, dict, semi-hard\)"
     ):
         train(TrainSettings(data=str(KNN_TRAIN), miner="hardest"), tmp_path / "run", device="cpu")
+
+
+def test_train_the_classifier_head_resume_and_identify(cli, seeded_weights, tmp_path):
+    gallery, out = tmp_path / "gallery", tmp_path / "run"
+    common = ["train", ALIGNED, "--head", "classifier", "--gallery", gallery, "--out", out, "--device", "cpu"]
+    model = ["--weights", seeded_weights, "--detector", "none"]
+    first = cli(*common, *model, "--lr", "0.001", "--batch-size", "16", "--epochs", "2")
+    assert first.returncode == 0, first.stderr
+    assert [line.split("  ")[0] for line in first.stdout.splitlines()] == ["epoch 1/2", "epoch 2/2"]
+    misuse = cli(*common, "--epochs", "4", "--resume", "--miner", "batch-hard")
+    assert misuse.returncode == 2 and "--miner: not used when training a head" in misuse.stderr
+    resumed = cli(*common, "--epochs", "4", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [line.split("  ")[0] for line in resumed.stdout.splitlines()] == ["epoch 3/4", "epoch 4/4"]
+
+    snapshot = store.read(gallery)
+    vectors = torch.from_numpy(np.array(snapshot.vectors()))
+    labels = [entry.identity for entry in snapshot.entries()]
+    assert snapshot.head_name == "classifier"
+    assert {k: snapshot.head_options[k] for k in ("lr", "batch_size", "epochs")} == {
+        "lr": 0.001,
+        "batch_size": 16,
+        "epochs": 4,
+    }
+    snapshot.close()
+    uninterrupted = []
+    head = registry().create("head", "classifier", lr=0.001, batch_size=16, epochs=4)
+    head.fit_epochs(vectors, labels, None, lambda epoch, loss, state: uninterrupted.append(loss))
+    logged = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx(uninterrupted, rel=1e-6)
+    assert logged[-1] < logged[0]
+
+    found = cli("identify", ALIGNED / "paul_rudd" / "1.png", "--gallery", gallery, "--json")
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["faces"][0]["candidates"][0]["identity"] == "paul_rudd"
