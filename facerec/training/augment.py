@@ -2,7 +2,7 @@
 
 Parameters are drawn from an explicit generator (one per image, from the run's seeds) and applied with
 torchvision's functional transforms, so an image is augmented the same way in every process of a run and
-after a resume. Rotations and strong crops are left out: the crops are aligned, and the network was
+after a resume. They run on PIL images: single-threaded, they stay fast while torch's threads are busy. Rotations and strong crops are left out: the crops are aligned, and the network was
 trained on aligned faces.
 """
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torchvision.transforms.v2.functional as F
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,8 @@ class FaceAugment:
     min_area: float = 0.8
     jitter: float = 0.2
 
-    def __call__(self, face: torch.Tensor, draw: torch.Generator) -> torch.Tensor:
-        """An augmented copy of `face`, a (3, H, W) uint8 tensor."""
+    def __call__(self, face: Image.Image, draw: torch.Generator) -> Image.Image:
+        """An augmented copy of `face`."""
         flip, area, top, left, *jitter = torch.rand(7, generator=draw).tolist()
         if flip < self.flip:
             face = F.horizontal_flip(face)
@@ -35,8 +36,8 @@ class FaceAugment:
         face = F.adjust_contrast(face, contrast)
         return F.adjust_saturation(face, saturation)
 
-    def _crop(self, face: torch.Tensor, area: float, top: float, left: float) -> torch.Tensor:
-        height, width = face.shape[-2:]
+    def _crop(self, face: Image.Image, area: float, top: float, left: float) -> Image.Image:
+        width, height = face.size
         scale = (self.min_area + (1 - self.min_area) * area) ** 0.5
         crop_height, crop_width = max(1, round(height * scale)), max(1, round(width * scale))
         y = round(top * (height - crop_height))
