@@ -9,7 +9,9 @@ batches. The parent times each whole process; each process times its own embeddi
   It is installed into this environment for the benchmark only (`pip install --no-deps`: its pins are stale).
 - facerec: `registry().create("backbone", "inception-resnet")`, `build(state_dict)`, `for_inference`.
 
-Rounds alternate the two sides and the best round of each counts (the machine may be shared). The rate is
+Rounds alternate the two sides and the best round of each counts: the machine may be shared, so each
+round waits (up to `--wait` seconds) for the CPUs to go idle and reports how many cores other processes
+kept busy while it ran. The rate is
 set against the CPU's peak FP32 rate, estimated from lscpu (cores x clock x FLOPs per cycle), and against a
 large matrix product, the rate this CPU reaches in practice. Both processes use torch's default threads.
 
@@ -26,6 +28,7 @@ import argparse  # noqa: E402 (the start time comes first)
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -116,15 +119,42 @@ def seeded_weights(folder: Path) -> Path:
     return path
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes have spent busy since boot (from /proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_for_idle(limit_s: float) -> None:
+    """Wait until other processes use under a fifth of a core, or `limit_s` has passed."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = busy_cpu_seconds()
+        time.sleep(1.0)
+        if busy_cpu_seconds() - before < 0.2:
+            return
+
+
 def run_side(side: str, weights: Path, args: argparse.Namespace, out: Path) -> dict:
+    """One worker process, timed whole; also the cores other processes kept busy meanwhile."""
     command = [sys.executable, __file__, "--worker", side, "--weights", str(weights), "--out", str(out)]
     command += ["--faces", str(args.faces), "--batch", str(args.batch)]
+    wait_for_idle(args.wait)
+    busy, ours = busy_cpu_seconds(), children_cpu_seconds()
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
+    others = (busy_cpu_seconds() - busy) - (children_cpu_seconds() - ours)
     if result.returncode != 0:
         sys.exit(f"{side} worker failed:\n{result.stderr}")
-    return {**json.loads(result.stdout.strip().splitlines()[-1]), "process_s": elapsed}
+    timings = json.loads(result.stdout.strip().splitlines()[-1])
+    return {**timings, "process_s": elapsed, "other_cores": max(others, 0.0) / elapsed}
 
 
 def lscpu() -> dict[str, str]:
@@ -206,6 +236,9 @@ def table(best: dict[str, dict], args: argparse.Namespace, peak: float, matmul: 
     ]  # fmt: skip
     lines += [f"| {name} | {a} | {b} | {f'{s:.2f}x' if s else ''} |" for name, a, b, s in rows]
     lines.append(f"\nmax abs difference of the embeddings, facerec vs facenet-pytorch: {diff:.1e}")
+    lines.append(
+        f"other processes kept {peer['other_cores']:.2f} / {ours['other_cores']:.2f} cores busy during these runs"
+    )
     return "\n".join(lines)
 
 
@@ -215,7 +248,6 @@ def compare(args: argparse.Namespace) -> None:
     ensure_peer()
     peak, how = peak_gflops()
     print(f"peak FP32 estimate: {how}")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work skews timings)")
     with tempfile.TemporaryDirectory() as folder:
         weights = seeded_weights(Path(folder))
         best: dict[str, dict] = {}
@@ -224,7 +256,8 @@ def compare(args: argparse.Namespace) -> None:
                 timings = run_side(side, weights, args, Path(folder) / f"{side}.npy")
                 print(
                     f"round {round_number} {side:15s} process {timings['process_s']:.2f} s, "
-                    f"setup {timings['setup_s']:.2f} s, embedding {timings['embed_s']:.2f} s"
+                    f"setup {timings['setup_s']:.2f} s, embedding {timings['embed_s']:.2f} s, "
+                    f"other processes {timings['other_cores']:.2f} cores"
                 )
                 if side not in best or timings["process_s"] < best[side]["process_s"]:
                     best[side] = timings
@@ -239,6 +272,7 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--wait", type=float, default=120, help="seconds to wait for idle CPUs per run")
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)

@@ -257,7 +257,8 @@ class FusedResidual(InceptionBranches):
 class FusedInceptionResnetV1(nn.Module):
     """Inference-only Inception-ResNet-v1: the unit embeddings of the source network in eval mode.
 
-    It holds folded copies of the weights, not the trainable network: train and save that one.
+    It holds folded copies of the weights, not the trainable network: train and save that one. Its
+    outputs are inference tensors (no autograd); clone one before changing it in place.
     """
 
     def __init__(self, source: InceptionResnetV1):

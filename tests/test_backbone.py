@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import SHAPES, SHARED, make_seeded_weights
 from facerec.align import standardize
+from facerec.parts import Backbone
 from facerec.registry import registry
 from facerec.weights import load_state_dict
 
@@ -57,6 +58,7 @@ def salt3(backbone, tmp_path_factory):
 
 
 def test_plugin_declares_the_facenet_shapes_and_weight_files(backbone):
+    assert isinstance(backbone, Backbone)
     assert (backbone.input_size, backbone.embedding_size) == (160, 512)
     assert backbone.pretrained["vggface2"].url.endswith("/v2.2.9/20180402-114759-vggface2.pt")
     assert backbone.pretrained["vggface2"].filename == "20180402-114759-vggface2.pt"
