@@ -31,34 +31,27 @@ class Candidates:
     @classmethod
     def of(
         cls,
-        anchors: torch.Tensor,
+        embeddings: torch.Tensor,
         labels: torch.Tensor,
-        candidates: torch.Tensor,
-        candidate_labels: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
     ) -> Candidates:
-        """Candidates whose first rows are the anchors themselves (the batch), then any others."""
-        distances = squared_distances(anchors, candidates)
-        same = labels[:, None] == candidate_labels[None, :]
+        """The batch rows as anchors against the batch rows followed by the reference rows, detached
+        (mining picks rows, it never learns).
+        """
+        anchors = embeddings.detach()
+        rows, row_labels = anchors, labels
+        if ref_embeddings is not None:
+            rows, row_labels = torch.cat([anchors, ref_embeddings.detach()]), torch.cat([labels, ref_labels])
+        same = labels[:, None] == row_labels[None, :]
         itself = torch.zeros_like(same)
         itself[:, : len(anchors)] = torch.eye(len(anchors), dtype=torch.bool, device=same.device)
-        return cls(distances, same & ~itself, ~same)
+        return cls(squared_distances(anchors, rows), same & ~itself, ~same)
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """|a_i - b_j|^2 for every pair, never below zero."""
     return ((a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]).clamp_min(0)
-
-
-def with_references(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    ref_embeddings: torch.Tensor | None,
-    ref_labels: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The candidate rows: the batch followed by the references, detached (mining picks, never learns)."""
-    if ref_embeddings is None:
-        return embeddings.detach(), labels
-    return torch.cat([embeddings.detach(), ref_embeddings.detach()]), torch.cat([labels, ref_labels])
 
 
 def empty_triplets(device: torch.device) -> Triplets:
@@ -91,8 +84,7 @@ class BatchHardMiner:
         ref_embeddings: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> Triplets:
-        rows, row_labels = with_references(embeddings, labels, ref_embeddings, ref_labels)
-        found = Candidates.of(embeddings.detach(), labels, rows, row_labels)
+        found = Candidates.of(embeddings, labels, ref_embeddings, ref_labels)
         anchors = (found.positive.any(1) & found.negative.any(1)).nonzero().flatten()
         distances = found.distances[anchors]
         positives = distances.masked_fill(~found.positive[anchors], -1.0).argmax(1)
@@ -118,8 +110,7 @@ class SemiHardMiner:
         ref_embeddings: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> Triplets:
-        rows, row_labels = with_references(embeddings, labels, ref_embeddings, ref_labels)
-        found = Candidates.of(embeddings.detach(), labels, rows, row_labels)
+        found = Candidates.of(embeddings, labels, ref_embeddings, ref_labels)
         anchor_positive = found.distances[:, :, None]
         anchor_negative = found.distances[:, None, :]
         semi_hard = (
@@ -173,9 +164,8 @@ class DictionaryMiner:
         ref_embeddings: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> Triplets:
-        rows, row_labels = with_references(embeddings, labels, ref_embeddings, ref_labels)
-        found = Candidates.of(embeddings.detach(), labels, rows, row_labels)
-        drawn = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+        found = Candidates.of(embeddings, labels, ref_embeddings, ref_labels)
+        drawn = torch.ones(found.distances.shape[1], dtype=torch.bool, device=embeddings.device)
         if ref_embeddings is not None:
             drawn[: len(embeddings)] = False  # choose among the companions only, as the seed does
         positive, negative = found.positive & drawn, found.negative & drawn

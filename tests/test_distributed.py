@@ -1,4 +1,4 @@
-"""Two processes (torchrun, gloo on the CPU) train as one does, up to floating-point noise.
+"""Two processes (torchrun, gloo on the CPU) train as one does, up to floating-point noise, resumed too.
 
 Dropout draws its masks per process, so the comparison freezes the network through its dropout layer;
 SGD keeps the weights a linear function of the gradients (AdaGrad's first step divides a gradient by its
@@ -35,7 +35,7 @@ def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
 
 
-def test_two_processes_train_as_one(seeded_weights, face_cache, torch_home, tmp_path):  # noqa: F811
+def test_two_processes_train_as_one_resumed_too(seeded_weights, face_cache, torch_home, tmp_path):  # noqa: F811
     env = {"TORCH_HOME": str(torch_home)}
     args = [
         "train",
@@ -46,20 +46,26 @@ def test_two_processes_train_as_one(seeded_weights, face_cache, torch_home, tmp_
         str(face_cache),
         *SETTINGS,
     ]
-    one = run([sys.executable, "-m", "facerec", *args, "--out", str(tmp_path / "one")], env)
+    one = run([sys.executable, "-m", "facerec", *args, "--epochs", "2", "--out", str(tmp_path / "one")], env)
     assert one.returncode == 0, one.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    two = run([*torchrun, "-m", "facerec", *args, "--out", str(tmp_path / "two")], env)
+    two = run([*torchrun, "-m", "facerec", *args, "--epochs", "1", "--out", str(tmp_path / "two")], env)
     assert two.returncode == 0, two.stderr
-
     assert two.stdout.count("epoch 1/1") == 1  # one process reports and writes
     assert two.stderr.count("used only as negatives") == 1
+    resumed = run(
+        [*torchrun, "-m", "facerec", *args, "--epochs", "2", "--resume", "--out", str(tmp_path / "two")], env
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.splitlines()[0].startswith("epoch 2/2")
+
     metrics = {
         name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         for name in ("one", "two")
     }
-    assert metrics["one"][0]["steps"] == metrics["two"][0]["steps"] == 2
-    assert abs(metrics["one"][0]["loss"] - metrics["two"][0]["loss"]) < 1e-5 * metrics["one"][0]["loss"]
+    for single, double in zip(metrics["one"], metrics["two"], strict=True):
+        assert single["epoch"] == double["epoch"] and single["steps"] == double["steps"] == 2
+        assert abs(single["loss"] - double["loss"]) < 1e-5 * single["loss"]
     weights = {
         name: torch.load(tmp_path / name / "backbone.pt", weights_only=True) for name in ("one", "two")
     }

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from facerec.engine import CropSettings, create_detector, load_backbone, resolve_device
 from facerec.errors import FacerecError, UsageError
-from facerec.parts import Backbone, DatasetMiner, Loss, Miner
+from facerec.parts import Backbone, DatasetMiner, Loss, Miner, Triplets
 from facerec.registry import registry
 from facerec.training.augment import FaceAugment
 from facerec.training.dataset import FaceDataset
@@ -115,7 +115,7 @@ def mixed_precision(device: torch.device) -> tuple[Any, torch.amp.GradScaler]:
 
 def load_faces(
     settings: TrainSettings, input_size: int, cache_root: Path, processes: Processes, report: Report
-):
+) -> FaceDataset:
     """The dataset's faces, detected once into the face cache (by the first process; the others wait)."""
     detector = create_detector(settings.detector, settings.detector_options)
     crop = CropSettings(size=input_size, margin=settings.margin, align=settings.align)
@@ -214,45 +214,26 @@ class Trainer:
     def step(self, epoch: int, number: int, batch: torch.Tensor) -> StepResult:
         """One optimizer step on `batch` (dataset indices), the `number`-th of `epoch`."""
         began = time.perf_counter()
-        seed = self.settings.seed
-        labels = self.dataset.labels[batch]
-        seed_torch(seed, epoch, number, "companions")
-        companions = (
-            self.miner.companions(batch, labels, self.index)
-            if isinstance(self.miner, DatasetMiner)
-            else torch.empty(0, dtype=torch.long)
-        )
-        mined = time.perf_counter() - began
+        seed_torch(self.settings.seed, epoch, number, "companions")
+        companions = self._companions(batch)
+        drawn = time.perf_counter() - began
 
         rows = torch.cat([batch, companions])
-        start, stop, size = self.processes.share(len(rows))
-        positions = padded(torch.arange(start, stop), size).tolist()
         loading = time.perf_counter()
-        faces = self.dataset.faces(
-            rows[positions].tolist(),
-            self.augment,
-            [derived_seed(seed, epoch, number, "augment", p) for p in positions],
-        ).to(self.device)
+        faces = self._load(rows, epoch, number)
         loaded = time.perf_counter() - loading
-
-        seed_torch(seed, epoch, number, "forward", self.processes.rank)
+        seed_torch(self.settings.seed, epoch, number, "forward", self.processes.rank)
         with self.autocast():
             local = self.model(faces)
         embeddings = self.processes.gather(local.float(), len(rows))
+        labels = self.dataset.labels[rows].to(self.device)
 
         mining = time.perf_counter()
-        seed_torch(seed, epoch, number, "mine")
-        all_labels = self.dataset.labels[rows].to(self.device)
-        batch_embeddings, ref_embeddings = embeddings[: len(batch)], embeddings[len(batch) :]
-        if isinstance(self.miner, DatasetMiner):
-            triplets = self.miner(
-                batch_embeddings, all_labels[: len(batch)], ref_embeddings, all_labels[len(batch) :]
-            )
-        else:
-            triplets = self.miner(batch_embeddings, all_labels)
-        mined += time.perf_counter() - mining
+        seed_torch(self.settings.seed, epoch, number, "mine")
+        triplets = self._mine(embeddings, labels, len(batch))
+        mined = drawn + time.perf_counter() - mining
 
-        result = self.loss(embeddings, all_labels, triplets)
+        result = self.loss(embeddings, labels, triplets)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(result.loss).backward()
         self.scaler.step(self.optimizer)
@@ -262,6 +243,27 @@ class Trainer:
             stats={name: float(value) for name, value in result.stats.items()},
             faces=len(rows),
             seconds={"load": loaded, "mine": mined, "step": time.perf_counter() - began},
+        )
+
+    def _companions(self, batch: torch.Tensor) -> torch.Tensor:
+        """What a dataset miner draws from the whole dataset for `batch`; nothing for other miners."""
+        if not isinstance(self.miner, DatasetMiner):
+            return torch.empty(0, dtype=torch.long)
+        return self.miner.companions(batch, self.dataset.labels[batch], self.index)
+
+    def _load(self, rows: torch.Tensor, epoch: int, number: int) -> torch.Tensor:
+        """This process's share of the faces at `rows`, augmented by their position in the step."""
+        start, stop, size = self.processes.share(len(rows))
+        positions = padded(torch.arange(start, stop), size).tolist()
+        seeds = [derived_seed(self.settings.seed, epoch, number, "augment", p) for p in positions]
+        return self.dataset.faces(rows[positions].tolist(), self.augment, seeds).to(self.device)
+
+    def _mine(self, embeddings: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Triplets:
+        """Triplets among the batch's rows, and the companions' rows after them for a dataset miner."""
+        if not isinstance(self.miner, DatasetMiner):
+            return self.miner(embeddings, labels)
+        return self.miner(
+            embeddings[:batch_size], labels[:batch_size], embeddings[batch_size:], labels[batch_size:]
         )
 
     def epoch(self, epoch: int, progress: bool) -> dict[str, Any]:
