@@ -9,6 +9,7 @@ other folders are left alone. When nothing changed, nothing is written and no mo
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from facerec import gallery as store
@@ -83,7 +85,8 @@ def scan(folder: Path, note: Note) -> list[FoundImage]:
         if child.name.startswith("."):
             continue
         if not child.is_dir():
-            note(f"{child}: not inside an identity folder (DIR/<identity>/<image>), skipped")
+            if child.suffix.lower() in Image.registered_extensions():  # a README or the like is no matter
+                note(f"{child}: not inside an identity folder (DIR/<identity>/<image>), skipped")
             continue
         for path in sorted(_files(child)):
             try:
@@ -91,7 +94,7 @@ def scan(folder: Path, note: Note) -> list[FoundImage]:
             except UnicodeEncodeError:
                 note(f"{path!r}: file name is not valid UTF-8, skipped")
                 continue
-            found.append(FoundImage(child.name, str(path.resolve()), sha256_file(path)))
+            found.append(FoundImage(child.name, os.path.abspath(path), sha256_file(path)))
     return found
 
 
@@ -113,7 +116,7 @@ def plan(folder: Path, found: list[FoundImage], snapshot: Snapshot | None) -> Pl
         by_content.setdefault(entry.sha256, row)
     for row, entry in enumerate(old):
         image = here.get(entry.source)
-        if image is not None and image.sha256 == entry.sha256 and image.identity == entry.identity:
+        if image is not None and image.sha256 == entry.sha256:
             result.keep.append(row)
             result.unchanged += 1
         elif image is not None or _inside(entry.source, folder):
@@ -151,7 +154,7 @@ def index_folder(
     """Bring the gallery at `gallery` up to date with `folder`; see the module docstring."""
     note = note or (lambda message: None)
     request = request or ModelRequest()
-    folder = Path(folder).resolve()
+    folder = Path(os.path.abspath(folder))
     with store.locked(gallery):
         snapshot = store.read(gallery)
         try:

@@ -10,8 +10,9 @@ identities, so keep a threshold.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from facerec import hookimpl
 from facerec.errors import FacerecError
 
 ARRAYS = ("weight", "bias", "mean", "scale")
+SMALL_WORK = 50_000_000  # vectors x dimensions x identities below which one thread trains fastest
 IDENTITIES_FILE = "identities.json"
 
 
@@ -64,33 +66,32 @@ class ClassifierHead:
         # One scale for all dimensions keeps the embedding space's geometry; it matters when a network
         # (an untrained or seeded one, say) packs every face into a small cap of the sphere.
         scale = (vectors - mean).pow(2).mean().sqrt().clamp_min(1e-6)
-        linear = self._train((vectors - mean) / scale, targets)
-        self.arrays = {
-            "weight": linear.weight.detach(),
-            "bias": linear.bias.detach(),
-            "mean": mean,
-            "scale": scale,
-        }
+        weight, bias = self._train((vectors - mean) / scale, targets)
+        self.arrays = {"weight": weight, "bias": bias, "mean": mean, "scale": scale}
 
-    def _train(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.nn.Linear:
+    def _train(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adam on the closed-form gradient of smoothed cross-entropy (a convex problem: starts at zero).
+
+        Written out rather than through autograd and torch.optim: the first optimizer step of a process
+        imports torch's compiler stack, seconds that a small gallery does not need.
+        """
+        count, classes, smoothing = len(inputs), len(self.identities), self.options["label_smoothing"]
+        wanted = torch.full((count, classes), smoothing / classes)
+        wanted[torch.arange(count), targets] += 1 - smoothing
+        params = [torch.zeros(classes, inputs.shape[1]), torch.zeros(classes)]
+        moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
         generator = torch.Generator().manual_seed(self.options["seed"])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.options["seed"])
-            linear = torch.nn.Linear(inputs.shape[1], len(self.identities))
-        optimizer = torch.optim.Adam(
-            linear.parameters(), lr=self.options["lr"], weight_decay=self.options["weight_decay"]
-        )
-        batch = self.options["batch_size"]
-        with torch.enable_grad():
+        step = 0
+        with _threads(1 if inputs.numel() * classes < SMALL_WORK else None):
             for _ in range(self.options["epochs"]):
-                for rows in torch.randperm(len(inputs), generator=generator).split(batch):
-                    loss = torch.nn.functional.cross_entropy(
-                        linear(inputs[rows]), targets[rows], label_smoothing=self.options["label_smoothing"]
-                    )
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-        return linear
+                for rows in torch.randperm(count, generator=generator).split(self.options["batch_size"]):
+                    weight, bias = params
+                    error = (torch.softmax(inputs[rows] @ weight.T + bias, dim=1) - wanted[rows]) / len(rows)
+                    grads = [error.T @ inputs[rows] + self.options["weight_decay"] * weight, error.sum(0)]
+                    step += 1
+                    for param, grad, (first, second) in zip(params, grads, moments, strict=True):
+                        _adam(param, grad, first, second, step, self.options["lr"])
+        return params[0], params[1]
 
     def probabilities(self, queries: torch.Tensor) -> torch.Tensor:
         """(Q, identities) softmax probabilities, columns in `self.identities` order."""
@@ -118,6 +119,27 @@ class ClassifierHead:
             name: torch.from_numpy(np.load(folder / f"{name}.npy", allow_pickle=False)) for name in ARRAYS
         }
         self.identities = json.loads((folder / IDENTITIES_FILE).read_text("utf-8"))
+
+
+def _adam(param, grad, first, second, step: int, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+    """One Adam update of `param` in place (Kingma & Ba, 2015), as torch.optim.Adam does it."""
+    first.mul_(betas[0]).add_(grad, alpha=1 - betas[0])
+    second.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
+    corrected = (second / (1 - betas[1] ** step)).sqrt_().add_(eps)
+    param.addcdiv_(first, corrected, value=-lr / (1 - betas[0] ** step))
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """Run on `count` threads (None: as configured). A small gallery trains in a fraction of a second on
+    one thread, while thread hand-offs on its tiny matrices cost up to 100x that on a busy machine."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @hookimpl

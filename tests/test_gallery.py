@@ -87,6 +87,12 @@ def test_a_folder_of_other_files_or_a_file_is_not_made_a_gallery(tmp_path):
     with pytest.raises(FacerecError, match="is a file, not a gallery folder"):
         store.read(tmp_path / "file")
     assert store.read(tmp_path / "nothing-yet") is None
+    nowhere = facerec.api.open_gallery(tmp_path / "nothing-yet")
+    assert nowhere.identities() == {}
+    with pytest.raises(
+        FacerecError, match="no gallery here; run `facerec index DIR` first or pass --gallery"
+    ):
+        nowhere.identify(KNN / "test" / "obama1.jpg")
 
 
 def test_one_writer_at_a_time(tmp_path):
