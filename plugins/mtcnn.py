@@ -9,9 +9,9 @@ its arithmetic (area resampling, the `+1` box conventions, crops clipped to the 
 What differs is how the work is done. Area resampling, for the pyramid levels as for the candidate
 crops, is read from one summed-area table of the image: each output pixel is the exact integer sum of
 its window divided by the window's size, which is what `interpolate(mode="area")` computes, but a
-thousand crops cost a few gathers instead of a thousand resize calls. R-Net and O-Net see the candidates
-of every image of a batch in one call. Non-maximum suppression is plain torch, so that a detection
-does not pay for importing torchvision.
+thousand crops cost a few gathers instead of a thousand resize calls. The networks run channels-last,
+R-Net and O-Net on all of an image's candidates in one call. Non-maximum suppression is plain torch,
+so that a detection does not pay for importing torchvision.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ WEIGHTS = {
 }
 PNET_STRIDE = 2  # P-Net's output grid step in pixels of its input
 PNET_CELL = 12  # the window each P-Net output sees
+CUMSUM_ROWS = 16  # rows cumulated at a time: one cumsum down a whole image thrashes the TLB, 2x slower
+PNET_BAND_ROWS = 128  # P-Net output rows computed at a time (see _in_bands)
 RNET_SIZE = 24
 ONET_SIZE = 48
 PYRAMID_NMS = 0.5  # within one pyramid level
@@ -63,7 +65,6 @@ class PNet(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 10, kernel_size=3)
         self.prelu1 = nn.PReLU(10)
-        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
         self.conv2 = nn.Conv2d(10, 16, kernel_size=3)
         self.prelu2 = nn.PReLU(16)
         self.conv3 = nn.Conv2d(16, 32, kernel_size=3)
@@ -73,11 +74,36 @@ class PNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Box offsets (N, 4, h, w) and face probabilities (N, h, w)."""
-        x = self.prelu1(self.conv1(x))
-        x = self.pool1(x)
-        x = self.prelu2(self.conv2(x))
+        x = self.prelu2(self.conv2(self.first_layer(x)))
         x = self.prelu3(self.conv3(x))
         return self.conv4_2(x), F.softmax(self.conv4_1(x), dim=1)[:, 1]
+
+    def first_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """2x2 max-pooling (ceil mode) of prelu1(conv1(x)), computed as one stride-2 convolution.
+
+        A pooling window takes conv1 at four offsets. A 4x4 stride-2 convolution whose 40 output channels
+        are conv1's kernel placed at those four offsets computes them all at once; PReLU then runs on 40
+        channels, where its vectorized path applies (on 10 it is several times slower), and the pooling
+        is a maximum over the four groups. The values are the same. Where conv1's output has an odd
+        side, ceil mode makes the last windows one row (or column) deep: the input is padded to even
+        sides and, in those windows, the phases that fall outside are replaced by ones inside.
+        """
+        height, width = x.shape[2:]
+        x = F.pad(x, (0, width % 2, 0, height % 2))
+        kernel = self.conv1.weight.new_zeros(2, 2, *self.conv1.weight.shape[:2], 4, 4)
+        for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            kernel[dy, dx, :, :, dy : dy + 3, dx : dx + 3] = self.conv1.weight
+        phases = F.conv2d(x, kernel.flatten(0, 2), self.conv1.bias.repeat(4), stride=2)
+        top_left, top_right, bottom_left, bottom_right = F.prelu(phases, self.prelu1.weight.repeat(4)).chunk(
+            4, 1
+        )
+        if height % 2:
+            bottom_left[:, :, -1] = top_left[:, :, -1]
+            bottom_right[:, :, -1] = top_right[:, :, -1]
+        if width % 2:
+            top_right[..., -1] = top_left[..., -1]
+            bottom_right[..., -1] = bottom_left[..., -1]
+        return torch.maximum(torch.maximum(top_left, top_right), torch.maximum(bottom_left, bottom_right))
 
 
 class RNet(nn.Module):
@@ -154,26 +180,25 @@ class SummedAreaTable:
     float32: the layout the convolutions run fastest on.
     """
 
-    def __init__(self, pixels: torch.Tensor) -> None:
-        """`pixels`: (H, W, 3) uint8."""
+    def __init__(self, image: Image.Image, device: torch.device) -> None:
+        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         height, width, _ = pixels.shape
         dtype = torch.int32 if 255 * height * width < 2**31 else torch.int64
-        table = torch.zeros((height + 1, width + 1, 3), dtype=dtype, device=pixels.device)
-        table[1:, 1:] = pixels
-        self.table = table.cumsum_(0).cumsum_(1)
+        table = torch.zeros((height + 1, width + 1, 3), dtype=dtype, device=device)
+        table[1:, 1:] = torch.from_numpy(pixels.copy())
+        for top in range(1, height + 1, CUMSUM_ROWS):  # down the rows a block at a time: cache-friendly
+            block = table[top : top + CUMSUM_ROWS]
+            block.cumsum_(0).add_(table[top - 1])
+        self.table = table.cumsum_(1)
         self.height, self.width = height, width
 
     def level(self, height: int, width: int) -> torch.Tensor:
         """(1, 3, height, width): the whole image area-resampled."""
-        device = self.table.device
-        row_start, row_stop = _window_bounds(
-            torch.zeros(1, dtype=torch.long, device=device), self.height, height
-        )
-        col_start, col_stop = _window_bounds(
-            torch.zeros(1, dtype=torch.long, device=device), self.width, width
-        )
-        rows = self.table.index_select(0, row_stop[0]) - self.table.index_select(0, row_start[0])
-        sums = rows.index_select(1, col_stop[0]) - rows.index_select(1, col_start[0])
+        whole = torch.zeros(1, dtype=torch.long, device=self.table.device)
+        row_start, row_stop = _window_bounds(whole, self.height, height)
+        col_start, col_stop = _window_bounds(whole, self.width, width)
+        rows = _differences(self.table, 0, row_start[0], row_stop[0])
+        sums = _differences(rows, 1, col_start[0], col_stop[0])
         return _means(sums[None], row_stop - row_start, col_stop - col_start)
 
     def crops(self, rects: torch.Tensor, size: int) -> torch.Tensor:
@@ -187,13 +212,14 @@ class SummedAreaTable:
             index = rows[:, :, None] * (self.width + 1) + cols[:, None, :]
             return flat.index_select(0, index.flatten()).view(*index.shape, 3)
 
-        sums = (
-            corner(row_stop, col_stop)
-            - corner(row_start, col_stop)
-            - corner(row_stop, col_start)
-            + corner(row_start, col_start)
-        )
+        sums = corner(row_stop, col_stop).sub_(corner(row_start, col_stop))
+        sums.sub_(corner(row_stop, col_start)).add_(corner(row_start, col_start))
         return _means(sums, row_stop - row_start, col_stop - col_start)
+
+
+def _differences(table: torch.Tensor, dim: int, start: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
+    """Sums over windows [start, stop) along `dim` of a table cumulated along `dim`."""
+    return table.index_select(dim, stop).sub_(table.index_select(dim, start))
 
 
 def _window_bounds(start: torch.Tensor, stop, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,34 +343,6 @@ def nms(
     return order[kept]
 
 
-class ImageCandidates:
-    """One image's state through the cascade: its summed-area table and current boxes (N, 5+)."""
-
-    def __init__(self, image: Image.Image, device: torch.device) -> None:
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).to(device)
-        self.height, self.width = int(pixels.shape[0]), int(pixels.shape[1])
-        self.table = SummedAreaTable(pixels)
-        self.boxes = torch.zeros((0, 5), device=device)
-        self.landmarks = torch.zeros((0, 5, 2), device=device)
-
-    def crops(self, size: int) -> torch.Tensor:
-        """The current boxes' pixels as the network's size x size input; boxes without pixels are dropped."""
-        rects, usable = crop_rects(self.boxes, self.width, self.height)
-        if not bool(usable.all()):
-            self.boxes = self.boxes[usable]
-            rects = rects[usable]
-        return self.table.crops(rects, size)
-
-    def faces(self) -> list[Face]:
-        boxes = self.boxes.cpu().tolist()
-        points = self.landmarks.cpu().tolist()
-        faces = [
-            Face(box=tuple(box[:4]), score=box[4], landmarks=tuple(tuple(p) for p in landmarks))
-            for box, landmarks in zip(boxes, points, strict=True)
-        ]
-        return largest_first(faces)
-
-
 class MTCNN:
     """The `mtcnn` detector with facenet-pytorch's defaults; weights are fetched on first use."""
 
@@ -381,57 +379,90 @@ class MTCNN:
         return self._nets
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[Face]]:
-        """The faces of each RGB image, largest first. Boxes may reach past the image's edges."""
+        """The faces of each RGB image, largest first. Boxes may reach past the image's edges.
+
+        Images go through the cascade one at a time, each stage's candidates in one batch: memory stays
+        at one image's pyramid level, not a batch's.
+        """
         if not images:
             return []
         pnet, rnet, onet = self.nets
         with torch.inference_mode():
-            states = [ImageCandidates(image, self.device) for image in images]
-            for state in states:
-                self._propose(pnet, state)
-            self._refine(rnet, states)
-            self._finish(onet, states)
-        return [state.faces() for state in states]
+            return [self._detect_one(pnet, rnet, onet, image) for image in images]
 
-    def _propose(self, pnet: PNet, state: ImageCandidates) -> None:
+    def _detect_one(self, pnet: PNet, rnet: RNet, onet: ONet, image: Image.Image) -> list[Face]:
+        table = SummedAreaTable(image, self.device)
+        boxes = self._propose(pnet, table)
+        boxes = self._refine(rnet, table, boxes)
+        boxes, landmarks = self._finish(onet, table, boxes)
+        return largest_first(
+            [
+                Face(box=tuple(box[:4]), score=box[4], landmarks=tuple(map(tuple, points)))
+                for box, points in zip(boxes.cpu().tolist(), landmarks.cpu().tolist(), strict=True)
+            ]
+        )
+
+    def _propose(self, pnet: PNet, table: SummedAreaTable) -> torch.Tensor:
         """Stage one: P-Net over the pyramid, suppression per level then across levels, regression."""
-        found = []
-        for scale in pyramid_scales(state.height, state.width, self.min_face_size, self.factor):
-            level = state.table.level(int(state.height * scale + 1), int(state.width * scale + 1))
-            offsets, probs = pnet(level)
+        found = [torch.zeros((0, 9), device=self.device)]
+        for scale in pyramid_scales(table.height, table.width, self.min_face_size, self.factor):
+            level = table.level(int(table.height * scale + 1), int(table.width * scale + 1))
+            offsets, probs = _in_bands(pnet, level)
             boxes = _proposals(offsets[0], probs[0], scale, self.thresholds[0])
             found.append(boxes[nms(boxes, PYRAMID_NMS)])
-        boxes = torch.cat(found) if found else torch.zeros((0, 9), device=self.device)
+        boxes = torch.cat(found)
         boxes = boxes[nms(boxes, CASCADE_NMS)]
         width = boxes[:, 2] - boxes[:, 0]
         height = boxes[:, 3] - boxes[:, 1]
         corners = boxes[:, :4] + boxes[:, 5:9] * torch.stack([width, height, width, height], 1)
-        state.boxes = rerec(torch.cat([corners, boxes[:, 4:5]], 1))
+        return rerec(torch.cat([corners, boxes[:, 4:5]], 1))
 
-    def _refine(self, rnet: RNet, states: list[ImageCandidates]) -> None:
-        """Stage two: R-Net on every image's candidates in one batch; threshold, suppression, regression."""
-        offsets, probs = _run_on_crops(rnet, states, RNET_SIZE)
-        for state, offset, prob in zip(states, offsets, probs, strict=True):
-            passed = prob > self.thresholds[1]
-            boxes = torch.cat([state.boxes[passed, :4], prob[passed, None]], 1)
-            keep = nms(boxes, CASCADE_NMS)
-            state.boxes = rerec(bbreg(boxes[keep], offset[passed][keep]))
+    def _refine(self, rnet: RNet, table: SummedAreaTable, boxes: torch.Tensor) -> torch.Tensor:
+        """Stage two: R-Net on all candidates at once; threshold, suppression, regression."""
+        boxes, crops = _crops(table, boxes, RNET_SIZE)
+        offsets, probs = rnet(crops)
+        passed = probs > self.thresholds[1]
+        boxes = torch.cat([boxes[passed, :4], probs[passed, None]], 1)
+        keep = nms(boxes, CASCADE_NMS)
+        return rerec(bbreg(boxes[keep], offsets[passed][keep]))
 
-    def _finish(self, onet: ONet, states: list[ImageCandidates]) -> None:
-        """Stage three: O-Net scores, landmarks, regression, then "Min" suppression."""
-        offsets, points, probs = _run_on_crops(onet, states, ONET_SIZE)
-        for state, offset, point, prob in zip(states, offsets, points, probs, strict=True):
-            passed = prob > self.thresholds[2]
-            boxes = torch.cat([state.boxes[passed, :4], prob[passed, None]], 1)
-            width = boxes[:, 2] - boxes[:, 0] + 1
-            height = boxes[:, 3] - boxes[:, 1] + 1
-            point = point[passed]
-            xs = width[:, None] * point[:, :5] + boxes[:, 0:1] - 1
-            ys = height[:, None] * point[:, 5:] + boxes[:, 1:2] - 1
-            boxes = bbreg(boxes, offset[passed])
-            keep = nms(boxes, CASCADE_NMS, min_overlap, later_wins_ties=True)
-            state.boxes = boxes[keep]
-            state.landmarks = torch.stack([xs, ys], 2)[keep]
+    def _finish(
+        self, onet: ONet, table: SummedAreaTable, boxes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage three: O-Net scores and landmarks, regression, then "Min" suppression."""
+        boxes, crops = _crops(table, boxes, ONET_SIZE)
+        offsets, points, probs = onet(crops)
+        passed = probs > self.thresholds[2]
+        boxes = torch.cat([boxes[passed, :4], probs[passed, None]], 1)
+        width = boxes[:, 2] - boxes[:, 0] + 1
+        height = boxes[:, 3] - boxes[:, 1] + 1
+        points = points[passed]
+        xs = width[:, None] * points[:, :5] + boxes[:, 0:1] - 1
+        ys = height[:, None] * points[:, 5:] + boxes[:, 1:2] - 1
+        boxes = bbreg(boxes, offsets[passed])
+        keep = nms(boxes, CASCADE_NMS, min_overlap, later_wins_ties=True)
+        return boxes[keep], torch.stack([xs, ys], 2)[keep]
+
+
+def _in_bands(
+    pnet: PNet, level: torch.Tensor, rows: int = PNET_BAND_ROWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """P-Net over a pyramid level in horizontal bands of `rows` output rows: the same outputs, faster.
+
+    Each output row sees 12 input rows from row 2i, so a band of outputs [i, i + rows) needs input rows
+    [2i, 2i + 2 rows + 10): an even count, so no pooling window is cut. The last band runs to the level's
+    bottom edge, where P-Net's ceil-mode pooling treats the edge as on the whole level. Small bands keep
+    the wide intermediate maps (10 to 32 channels per pixel) in cache and out of peak memory.
+    """
+    height = level.shape[2]
+    bands = []
+    for top in range(0, height, 2 * rows):
+        bottom = top + 2 * rows + PNET_CELL - PNET_STRIDE
+        bands.append(pnet(level[:, :, top : min(bottom, height)]))
+        if bottom >= height:
+            break
+    offsets, probs = zip(*bands, strict=True)
+    return torch.cat(offsets, 2), torch.cat(probs, 1)
 
 
 def _proposals(offsets: torch.Tensor, probs: torch.Tensor, scale: float, threshold: float) -> torch.Tensor:
@@ -443,11 +474,12 @@ def _proposals(offsets: torch.Tensor, probs: torch.Tensor, scale: float, thresho
     return torch.cat([start, stop, probs[mask][:, None], offsets[:, mask].T], 1)
 
 
-def _run_on_crops(net: nn.Module, states: list[ImageCandidates], size: int) -> list[list[torch.Tensor]]:
-    """`net` on the crops of all images' boxes in one batch; each of its outputs split back per image."""
-    crops = [state.crops(size) for state in states]
-    outputs = net(torch.cat(crops))
-    return [list(output.split([len(crop) for crop in crops])) for output in outputs]
+def _crops(table: SummedAreaTable, boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The boxes that have pixels in the image, and those pixels as the next network's size x size input."""
+    rects, usable = crop_rects(boxes, table.width, table.height)
+    if not bool(usable.all()):
+        boxes, rects = boxes[usable], rects[usable]
+    return boxes, table.crops(rects, size)
 
 
 def _checked(min_face_size: Any, thresholds: Any, factor: Any) -> tuple[float, tuple[float, ...], float]:
