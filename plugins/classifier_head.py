@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,6 +57,18 @@ class ClassifierHead:
         self.arrays: dict[str, torch.Tensor] = {}
 
     def fit(self, vectors: torch.Tensor, labels: Sequence[str]) -> None:
+        self.fit_epochs(vectors, labels)
+
+    def fit_epochs(
+        self,
+        vectors: torch.Tensor,
+        labels: Sequence[str],
+        state: Mapping[str, Any] | None = None,
+        on_epoch: Callable[[int, float, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """`fit`, resumable (facerec.training.classifier.ResumableHead): it continues after the epoch that
+        `state` records and hands `on_epoch` each epoch, its mean loss and the state after it.
+        """
         self.identities = sorted(set(labels))
         if len(self.identities) < 2:
             raise FacerecError("the classifier head needs at least two identities; use --head faiss")
@@ -66,10 +79,12 @@ class ClassifierHead:
         # One scale for all dimensions keeps the embedding space's geometry; it matters when a network
         # (an untrained or seeded one, say) packs every face into a small cap of the sphere.
         scale = (vectors - mean).pow(2).mean().sqrt().clamp_min(1e-6)
-        weight, bias = self._train((vectors - mean) / scale, targets)
+        weight, bias = self._train((vectors - mean) / scale, targets, state, on_epoch)
         self.arrays = {"weight": weight, "bias": bias, "mean": mean, "scale": scale}
 
-    def _train(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train(
+        self, inputs: torch.Tensor, targets: torch.Tensor, state, on_epoch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Adam on the closed-form gradient of smoothed cross-entropy (a convex problem: starts at zero).
 
         Written out rather than through autograd and torch.optim: the first optimizer step of a process
@@ -80,17 +95,38 @@ class ClassifierHead:
         wanted[torch.arange(count), targets] += 1 - smoothing
         params = [torch.zeros(classes, inputs.shape[1]), torch.zeros(classes)]
         moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
-        generator = torch.Generator().manual_seed(self.options["seed"])
-        step = 0
+        step, first_epoch = 0, 1
+        if state is not None:
+            params = [state["weight"].clone(), state["bias"].clone()]
+            moments = [(m.clone(), v.clone()) for m, v in zip(state["first"], state["second"], strict=True)]
+            step, first_epoch = state["step"], state["epoch"] + 1
         with _threads(1 if inputs.numel() * classes < SMALL_WORK else None):
-            for _ in range(self.options["epochs"]):
-                for rows in torch.randperm(count, generator=generator).split(self.options["batch_size"]):
+            for epoch in range(first_epoch, self.options["epochs"] + 1):
+                # one order per epoch, so a resumed fit shuffles as an uninterrupted one
+                shuffle = torch.Generator().manual_seed(self.options["seed"] * 1_000_003 + epoch)
+                loss = 0.0
+                for rows in torch.randperm(count, generator=shuffle).split(self.options["batch_size"]):
                     weight, bias = params
-                    error = (torch.softmax(inputs[rows] @ weight.T + bias, dim=1) - wanted[rows]) / len(rows)
+                    logits = inputs[rows] @ weight.T + bias
+                    error = (torch.softmax(logits, dim=1) - wanted[rows]) / len(rows)
                     grads = [error.T @ inputs[rows] + self.options["weight_decay"] * weight, error.sum(0)]
+                    loss -= float((wanted[rows] * torch.log_softmax(logits, dim=1)).sum())
                     step += 1
                     for param, grad, (first, second) in zip(params, grads, moments, strict=True):
                         _adam(param, grad, first, second, step, self.options["lr"])
+                if on_epoch is not None:
+                    on_epoch(
+                        epoch,
+                        loss / count,
+                        {
+                            "epoch": epoch,
+                            "step": step,
+                            "weight": params[0].clone(),
+                            "bias": params[1].clone(),
+                            "first": [m.clone() for m, _ in moments],
+                            "second": [v.clone() for _, v in moments],
+                        },
+                    )
         return params[0], params[1]
 
     def probabilities(self, queries: torch.Tensor) -> torch.Tensor:
