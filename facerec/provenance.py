@@ -90,7 +90,10 @@ def mismatch(gallery: Path, recorded: Provenance, asked: str) -> FacerecError:
 def open_pipeline(
     recorded: Provenance | None, request: ModelRequest, gallery: Path
 ) -> tuple[Pipeline, Provenance]:
-    """The pipeline that embeds as the gallery did (or, for a new gallery, as requested), and its record."""
+    """The pipeline that embeds as the gallery did (or, for a new gallery, as requested), and its record.
+
+    The record names the weights as this run found them (a moved --weights file, say), same bytes.
+    """
     if recorded is not None:
         check_request(recorded, request, gallery)
     backbone = _choose(request.backbone, recorded and recorded.backbone, DEFAULT_BACKBONE)
@@ -121,7 +124,7 @@ def open_pipeline(
     )
     if recorded is not None and not recorded.same_vectors(made):
         raise mismatch(gallery, recorded, made.describe())
-    return Pipeline(detector=detector, backbone=loaded, crop=crop), recorded or made
+    return Pipeline(detector=detector, backbone=loaded, crop=crop), made
 
 
 def _choose(asked: Any, recorded: Any, default: Any) -> Any:

@@ -77,10 +77,12 @@ def show(results, images, identities: dict[str, int], as_json: bool, annotate: P
 class Table:
     """A readable table, one row per face, its columns sized up front so rows print as results come."""
 
+    header: str
+
     def __init__(self, images: tuple[str, ...], identities: dict[str, int]) -> None:
         self.image_width = max(len("IMAGE"), *(len(image) for image in images))
         self.name_width = max(len("IDENTITY"), len(UNKNOWN), *(len(name) for name in identities))
-        click.echo(self._row("IMAGE", "FACE", "IDENTITY", "DISTANCE", "BOX", "CANDIDATES"))
+        self.header = self._row("IMAGE", "FACE", "IDENTITY", "DISTANCE", "BOX", "CANDIDATES")
 
     def _row(self, image, face, identity, distance, box, candidates) -> str:
         return (
@@ -89,6 +91,9 @@ class Table:
         )
 
     def print(self, result: IdentifiedImage) -> None:
+        if self.header:  # printed with the first row, so that a failure before it leaves stdout empty
+            click.echo(self.header)
+            self.header = ""
         if not result.faces:
             click.echo(self._row(result.path, "-", "(no face)", "", "", ""))
         for number, found in enumerate(result.faces, 1):
