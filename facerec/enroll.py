@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
 from facerec import gallery as store
 from facerec.errors import FacerecError
 from facerec.gallery import Contents, Entry, Skipped, Snapshot
+from facerec.parts import Head
 from facerec.provenance import ModelRequest, check_request, open_pipeline
 from facerec.registry import registry
 from facerec.weights import sha256_file
@@ -196,10 +198,23 @@ def _index(gallery, folder, snapshot, request, head, head_options, progress, not
         report.identities = snapshot.identities()
         return report
     contents = _contents(snapshot, provenance, head, head_options, steps, entries, vectors, skipped)
-    fitted = store.fit_head(head, head_options, contents.vectors, [e.identity for e in contents.entries])
-    report.version = store.write(gallery, contents, fitted)
+    report.version = store.write(gallery, contents, _head_for(snapshot, steps, contents))
     report.identities = _counts(contents.entries)
     return report
+
+
+def _head_for(snapshot: Snapshot | None, steps: Plan, contents: Contents) -> Head:
+    """The new version's head: the gallery's own, extended, when faces were only added and the head can
+    `add`; else one fitted on all the vectors."""
+    kept = len(steps.keep)
+    same = snapshot and (contents.head, contents.head_options) == (snapshot.head_name, snapshot.head_options)
+    if same and not steps.removed and kept == len(snapshot):
+        head = snapshot.load_head()
+        if hasattr(head, "add"):
+            head.add(torch.from_numpy(contents.vectors[kept:]), [e.identity for e in contents.entries[kept:]])
+            return head
+    labels = [entry.identity for entry in contents.entries]
+    return store.fit_head(contents.head, contents.head_options, contents.vectors, labels)
 
 
 def _changed(snapshot: Snapshot, steps: Plan, skipped: list[Skipped], head: str, head_options) -> bool:

@@ -115,7 +115,9 @@ class Head(Protocol):
     The factory takes JSON-able options, which a gallery records (`options`) to build the same head again
     before `load`. Distances are "smaller is nearer" in the head's own measure (the `faiss` head: Euclidean
     distance between unit vectors); `default_threshold` is the distance up to which the nearest identity
-    is accepted. Heads store only plain arrays and JSON, never pickle.
+    is accepted. Heads store only plain arrays and JSON, never pickle. A head may also offer
+    `add(vectors, labels)`, extending a fitted head with more faces; galleries that only grew use it
+    instead of fitting again.
     """
 
     options: Mapping[str, Any]

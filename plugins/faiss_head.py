@@ -69,11 +69,25 @@ class FaissHead:
         self.identities: list[str] = []
 
     def fit(self, vectors: torch.Tensor, labels: Sequence[str]) -> None:
-        matrix = _float32(vectors)
-        self.identities = sorted(set(labels))
+        self.identities, self.codes = [], np.zeros(0, dtype=np.int64)
+        self._label(labels)
+        self.index = self._build(_float32(vectors))
+
+    def add(self, vectors: torch.Tensor, labels: Sequence[str]) -> None:
+        """Extend the fitted index with more faces, without rebuilding it (an HNSW graph takes minutes
+        at a million). The structure stays what it was when fitted."""
+        self._label(labels)
+        self.index.add(_float32(vectors))
+
+    def _label(self, labels: Sequence[str]) -> None:
+        """Append the codes of `labels`, numbering identities in order of first appearance."""
         position = {identity: i for i, identity in enumerate(self.identities)}
-        self.codes = np.fromiter((position[label] for label in labels), dtype=np.int64, count=len(labels))
-        self.index = self._build(matrix)
+        for label in labels:
+            if label not in position:
+                position[label] = len(self.identities)
+                self.identities.append(label)
+        codes = np.fromiter((position[label] for label in labels), dtype=np.int64, count=len(labels))
+        self.codes = np.concatenate([self.codes, codes])
 
     def _build(self, matrix: np.ndarray) -> faiss.Index:
         count, dim = matrix.shape

@@ -11,6 +11,7 @@ import torch
 from gallery_support import KNN, shrink, small_people, weights_cache
 
 import facerec.api
+from conftest import SHARED
 from facerec import gallery as store
 from facerec.errors import FacerecError
 from facerec.provenance import Provenance
@@ -174,9 +175,16 @@ def test_index_is_incremental_by_content_identifies_its_own_and_refuses_other_mo
     counts = {"alex_lacamoire": 1, "biden": 2, "kit_harington": 2, "obama": 2, "Rose Leslie — ローズ": 2}
     assert first.identities == counts
 
+    newcomer = shrink(SHARED / "faces" / "photos" / "lin-manuel-miranda.png", people / "Lin" / "1.jpg")
+    added = gallery.index(people)  # only an addition: the head is extended, not fitted again
+    assert (added.embedded, added.removed, added.unchanged) == (1, 0, 9)
+    assert store.read(tmp_path / "gallery").load_head().identities[-1] == "Lin"  # appended: not refitted
+    (face,) = gallery.identify(newcomer)
+    assert face.identity == "Lin" and face.distance < 1e-3
+
     shrink(KNN / "train" / "biden" / "biden.jpg", people / "biden" / "biden.jpg", size=380)  # new bytes
     changed = gallery.index(people)  # the gallery's own weights file, no flags
-    assert (changed.embedded, changed.removed, changed.unchanged) == (1, 1, 8)
+    assert (changed.embedded, changed.removed, changed.unchanged) == (1, 1, 9)
     (face,) = gallery.identify(people / "biden" / "biden.jpg")
     assert face.identity == "biden" and face.distance < 1e-3
     assert len({name for name, _ in face.candidates}) == 3
@@ -184,19 +192,19 @@ def test_index_is_incremental_by_content_identifies_its_own_and_refuses_other_mo
 
     models.unlink()  # from here on, only a run that embeds something would need the weights
     again = gallery.index(people)  # the unreadable file is remembered, not read again
-    assert (again.version, again.unchanged, again.embedded, len(again.skipped)) == (None, 9, 0, 1)
+    assert (again.version, again.unchanged, again.embedded, len(again.skipped)) == (None, 10, 0, 1)
 
     shutil.move(people / "obama" / "obama2.jpg", people / "kit_harington" / "moved.jpg")  # known bytes
     (people / "biden" / "biden2.jpg").unlink()
     (people / "notes" / "todo.txt").unlink()
     moved = gallery.index(people)
-    assert (moved.embedded, moved.reused, moved.removed, moved.unchanged, moved.skipped) == (0, 1, 2, 7, [])
-    assert moved.identities == {**counts, "biden": 1, "kit_harington": 3, "obama": 1}
+    assert (moved.embedded, moved.reused, moved.removed, moved.unchanged, moved.skipped) == (0, 1, 2, 8, [])
+    assert moved.identities == {**counts, "biden": 1, "kit_harington": 3, "obama": 1, "Lin": 1}
 
     switched = gallery.index(people, head="classifier")  # refit on the stored vectors
     assert switched.version is not None and switched.embedded == 0
     snapshot = store.read(tmp_path / "gallery")
-    assert snapshot.head_name == "classifier" and len(snapshot) == 8
+    assert snapshot.head_name == "classifier" and len(snapshot) == 9
 
     with pytest.raises(FacerecError, match="this gallery was made with inception-resnet with weights"):
         gallery.index(people, pretrained="casia-webface")
