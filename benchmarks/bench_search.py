@@ -11,7 +11,8 @@ unit vectors), as vggface2 embeddings of one person do, and two people about 1.4
 `--intrinsic-dim 512` gives the isotropic worst case.
 
 Rows:
-- face_recognition: its `face_distance` (np.linalg.norm(known - query, axis=1)) then argmin, per query;
+- face_recognition: its `face_distance` (np.linalg.norm(known - query, axis=1)) then argmin, one query
+  at a time (it has no batched search, so its queries/s is 1 / p50);
 - numpy matmul: inner products `known @ query` then argmax (batched: `known @ queries.T`);
 - facerec flat / hnsw / ivf: `FaissHead(index=...)` with its default settings, timed through
   `search(queries, k)` as identify uses it (identity de-duplication included); recall@1 is the share of
@@ -184,7 +185,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['vectors']:,} | {r['method']} | {r['build_s']:.1f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} "
-            f"| {r['qps']:,.0f} | {r['recall@1']:.4f} | {r['index_mb']:,.0f} |"
+            f"| {r['qps']:,.{1 if r['qps'] < 10 else 0}f} | {r['recall@1']:.4f} | {r['index_mb']:,.0f} |"
         )
     return "\n".join(lines)
 
