@@ -106,9 +106,9 @@ def detector_options(command: Callable) -> Callable:
 
 
 def _add_commands() -> None:
-    from facerec.cli import demo, embed, evaluate, gallery, identify, index, plugins, train
+    from facerec.cli import demo, detect, embed, evaluate, gallery, identify, index, plugins, train
 
-    for module in (embed, plugins, index, identify, gallery, demo, train, evaluate):
+    for module in (detect, embed, plugins, index, identify, gallery, demo, train, evaluate):
         cli.add_command(module.command)
     from facerec.registry import add_plugin_commands
 
