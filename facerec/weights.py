@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 import torch
 
+from facerec.atomic import write_atomically
 from facerec.errors import FacerecError
 
 RECORD_NAME = "SHA256SUMS"
@@ -133,10 +134,7 @@ def _record(folder: Path, filename: str, digest: str) -> None:
     sums = recorded_sums(folder)
     sums[filename] = digest
     text = "".join(f"{value}  {name}\n" for name, value in sorted(sums.items()))
-    fd, temp_name = tempfile.mkstemp(prefix=f".{RECORD_NAME}.", dir=folder)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.replace(temp_name, folder / RECORD_NAME)
+    write_atomically(folder / RECORD_NAME, lambda out: out.write(text.encode()))
 
 
 def fetch(weight: WeightFile) -> tuple[Path, str]:

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from facerec.atomic import write_atomically
 from facerec.engine import LoadedBackbone
 from facerec.enroll import scan
 from facerec.errors import FacerecError
 from facerec.training import evaluation
-from facerec.training.atomic import write_atomically
 from facerec.training.dataset import read_faces
 from facerec.training.facecache import FaceCache
 from facerec.training.plots import roc_curve

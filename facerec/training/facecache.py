@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from facerec.atomic import write_atomically
 from facerec.engine import CropSettings, Pipeline
 from facerec.parts import Detector
-from facerec.training.atomic import write_atomically
 
 
 def default_root() -> Path:

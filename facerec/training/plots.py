@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from facerec.training.atomic import write_atomically
+from facerec.atomic import write_atomically
 
 SIZE = (640, 480)
 MARGIN = (70, 40, 30, 60)  # left, top, right, bottom

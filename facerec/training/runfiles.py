@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from facerec.atomic import write_atomically
 from facerec.errors import FacerecError
-from facerec.training.atomic import write_atomically
 from facerec.training.plots import loss_curve
 
 CHECKPOINT = "checkpoint.pt"
