@@ -305,41 +305,65 @@ def _intersection(a: torch.Tensor, b: torch.Tensor, inclusive: int) -> torch.Ten
     return sides[..., 0] * sides[..., 1]
 
 
-NMS_BLOCK = 256  # boxes settled together; bounds the overlap matrices at BLOCK x (kept + BLOCK)
+NMS_BLOCK = 512  # boxes compared at a time; bounds the overlap matrices at BLOCK x (kept + BLOCK)
+
+
+def stable_ranking(scores: torch.Tensor) -> torch.Tensor:
+    """Indices by decreasing score, equal scores in index order: torchvision's nms order."""
+    return torch.argsort(scores, descending=True, stable=True)
+
+
+def numpy_ranking(scores: torch.Tensor) -> torch.Tensor:
+    """Indices by decreasing score, ties as numpy's argsort leaves them, taken from the end: the order of
+    the numpy suppression facenet-pytorch runs after O-Net."""
+    ascending = np.argsort(scores.cpu().numpy())
+    return torch.from_numpy(ascending[::-1].copy()).to(scores.device)
 
 
 def nms(
-    boxes: torch.Tensor, threshold: float, overlap: Callable = iou, later_wins_ties: bool = False
+    boxes: torch.Tensor, threshold: float, overlap: Callable = iou, ranking: Callable = stable_ranking
 ) -> torch.Tensor:
     """Greedy non-maximum suppression of boxes (N, 5+: corners, score): kept indices, best first.
 
-    A box is dropped when its `overlap` with a kept, higher-scoring box exceeds `threshold`. Of boxes with
-    equal scores the first ranks higher (as torchvision's nms), or the last with `later_wins_ties` (as
-    the numpy suppression facenet-pytorch runs after O-Net): boxes clipped by the image's edge can share
-    a crop, hence a score, and which of them wins moves the face. Boxes go
-    in blocks of decreasing score: first those a box kept earlier suppresses are dropped, then the block
-    settles by iterating "kept unless a kept box before it suppresses it" to its fixed point. That
-    fixed point is the greedy answer (each box depends only on those before it), reached with a few
-    matrix operations instead of a Python step per box.
+    A box is dropped when its `overlap` with a kept box ranked before it exceeds `threshold`. Boxes are
+    ranked by score; equal scores are common (boxes whose crops truncate to the same pixels get the
+    same score) and which of them wins moves the face, so `ranking` orders ties as the suppression
+    being matched does. Overlaps are computed a block of boxes at a time, against the boxes kept so
+    far and within the block, which bounds memory; only the walk down a block is a loop.
     """
-    if later_wins_ties:
-        order = torch.argsort(boxes[:, 4], stable=True).flip(0)
-    else:
-        order = torch.argsort(boxes[:, 4], descending=True, stable=True)
+    order = ranking(boxes[:, 4])
     ranked = boxes[order]
     kept = torch.zeros(0, dtype=torch.long, device=boxes.device)
     for start in range(0, len(ranked), NMS_BLOCK):
         block = ranked[start : start + NMS_BLOCK]
         alive = ~(overlap(ranked[kept], block) > threshold).any(0)
-        beaten = (overlap(block, block) > threshold).triu_(1)
-        survivors = alive
-        while True:
-            settled = alive & ~(beaten & survivors[:, None]).any(0)
-            if torch.equal(settled, survivors):
-                break
-            survivors = settled
-        kept = torch.cat([kept, survivors.nonzero()[:, 0] + start])
+        conflicts = overlap(block, block) > threshold
+        survivors = _greedy_walk(alive.cpu().numpy(), conflicts.cpu().numpy())
+        kept = torch.cat([kept, torch.from_numpy(survivors).to(boxes.device) + start])
     return order[kept]
+
+
+def _greedy_walk(alive: np.ndarray, conflicts: np.ndarray) -> np.ndarray:
+    """Down the ranked block: each box still alive is kept and drops the later boxes it conflicts with."""
+    alive = alive.copy()
+    for index in range(len(alive)):
+        if alive[index]:
+            alive[index + 1 :] &= ~conflicts[index, index + 1 :]
+    return np.flatnonzero(alive)
+
+
+def batched_nms(boxes: torch.Tensor, threshold: float) -> torch.Tensor:
+    """What facenet-pytorch's calls to torchvision's `batched_nms` keep for one image, in the same order.
+
+    That is `nms`, except that past 4000 coordinates (1000 boxes; 100000 on a GPU) torchvision takes
+    the kept indices in index order and sorts them by score with torch's unstable sort, which orders
+    equal scores differently; the next suppression breaks ties by that order, so it is kept here too.
+    """
+    keep = nms(boxes, threshold)
+    if 4 * len(boxes) > (4000 if boxes.device.type == "cpu" else 100_000):
+        keep = keep.sort().values
+        keep = keep[torch.argsort(boxes[keep, 4], descending=True)]
+    return keep
 
 
 class MTCNN:
@@ -408,9 +432,9 @@ class MTCNN:
             level = table.level(int(table.height * scale + 1), int(table.width * scale + 1))
             offsets, probs = _in_bands(pnet, level)
             boxes = _proposals(offsets[0], probs[0], scale, self.thresholds[0])
-            found.append(boxes[nms(boxes, PYRAMID_NMS)])
+            found.append(boxes[batched_nms(boxes, PYRAMID_NMS)])
         boxes = torch.cat(found)
-        boxes = boxes[nms(boxes, CASCADE_NMS)]
+        boxes = boxes[batched_nms(boxes, CASCADE_NMS)]
         width = boxes[:, 2] - boxes[:, 0]
         height = boxes[:, 3] - boxes[:, 1]
         corners = boxes[:, :4] + boxes[:, 5:9] * torch.stack([width, height, width, height], 1)
@@ -422,7 +446,7 @@ class MTCNN:
         offsets, probs = rnet(crops)
         passed = probs > self.thresholds[1]
         boxes = torch.cat([boxes[passed, :4], probs[passed, None]], 1)
-        keep = nms(boxes, CASCADE_NMS)
+        keep = batched_nms(boxes, CASCADE_NMS)
         return rerec(bbreg(boxes[keep], offsets[passed][keep]))
 
     def _finish(
@@ -439,7 +463,7 @@ class MTCNN:
         xs = width[:, None] * points[:, :5] + boxes[:, 0:1] - 1
         ys = height[:, None] * points[:, 5:] + boxes[:, 1:2] - 1
         boxes = bbreg(boxes, offsets[passed])
-        keep = nms(boxes, CASCADE_NMS, min_overlap, later_wins_ties=True)
+        keep = nms(boxes, CASCADE_NMS, min_overlap, numpy_ranking)
         return boxes[keep], torch.stack([xs, ys], 2)[keep]
 
 

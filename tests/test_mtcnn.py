@@ -22,7 +22,7 @@ from facerec.engine import Pipeline, load_backbone
 from facerec.errors import FacerecError, UsageError
 from facerec.images import load_image
 from facerec.registry import registry
-from facerec_plugins.mtcnn import SummedAreaTable, iou, nms
+from facerec_plugins.mtcnn import SummedAreaTable, batched_nms, iou, nms
 
 REFERENCE = json.loads((SHARED / "reference" / "pipeline.salt0.json").read_text())
 PHOTOS = {photo["image"]: photo for photo in REFERENCE["photos"]}
@@ -158,17 +158,23 @@ def test_none_detector_takes_the_whole_image():
     assert detector.settings == {"name": "none"}
 
 
-def test_nms_keeps_what_torchvision_keeps():
+def test_nms_keeps_what_torchvision_keeps_in_its_order():
+    """Equal scores included: which of two equal boxes wins, and the order, steer the next stage."""
     import torchvision
 
     generator = torch.Generator().manual_seed(0)
-    for count in (1, 7, 600):  # across blocks, with chains of suppression
+    for count in (1, 7, 600, 1300):  # across blocks; past 1000 boxes torchvision's batched_nms re-sorts
         corners = torch.rand(count, 2, generator=generator) * 200
         sides = torch.rand(count, 2, generator=generator) * 60 + 5
-        boxes = torch.cat([corners, corners + sides, torch.rand(count, 1, generator=generator)], 1)
-        for threshold in (0.3, 0.5, 0.7):
-            expected = torchvision.ops.nms(boxes[:, :4], boxes[:, 4], threshold)
-            assert torch.equal(nms(boxes, threshold), expected)
+        scores = (torch.rand(count, 1, generator=generator) * 8).round() / 8  # many equal scores
+        boxes = torch.cat([corners, corners + sides, scores], 1)
+        groups = torch.zeros(count, dtype=torch.long)
+        for threshold in (0.3, 0.7):
+            assert torch.equal(
+                nms(boxes, threshold), torchvision.ops.nms(boxes[:, :4], boxes[:, 4], threshold)
+            )
+            expected = torchvision.ops.batched_nms(boxes[:, :4], boxes[:, 4], groups, threshold)
+            assert torch.equal(batched_nms(boxes, threshold), expected)
 
 
 def test_area_resampling_matches_interpolate():
