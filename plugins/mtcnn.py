@@ -56,6 +56,7 @@ RNET_SIZE = 24
 ONET_SIZE = 48
 PYRAMID_NMS = 0.5  # within one pyramid level
 CASCADE_NMS = 0.7  # across levels, after R-Net, and ("Min" overlap) after O-Net
+NMS_BLOCK = 512  # boxes compared at a time; bounds the overlap matrices at BLOCK x (kept + BLOCK)
 
 
 class PNet(nn.Module):
@@ -181,11 +182,11 @@ class SummedAreaTable:
     """
 
     def __init__(self, image: Image.Image, device: torch.device) -> None:
-        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        pixels = np.array(image if image.mode == "RGB" else image.convert("RGB"))
         height, width, _ = pixels.shape
         dtype = torch.int32 if 255 * height * width < 2**31 else torch.int64
         table = torch.zeros((height + 1, width + 1, 3), dtype=dtype, device=device)
-        table[1:, 1:] = torch.from_numpy(pixels.copy())
+        table[1:, 1:] = torch.from_numpy(pixels)
         for top in range(1, height + 1, CUMSUM_ROWS):  # down the rows a block at a time: cache-friendly
             block = table[top : top + CUMSUM_ROWS]
             block.cumsum_(0).add_(table[top - 1])
@@ -303,9 +304,6 @@ def _intersection(a: torch.Tensor, b: torch.Tensor, inclusive: int) -> torch.Ten
     high = torch.minimum(a[:, None, 2:4], b[None, :, 2:4])
     sides = (high - low + inclusive).clamp_(min=0)
     return sides[..., 0] * sides[..., 1]
-
-
-NMS_BLOCK = 512  # boxes compared at a time; bounds the overlap matrices at BLOCK x (kept + BLOCK)
 
 
 def stable_ranking(scores: torch.Tensor) -> torch.Tensor:
