@@ -379,6 +379,8 @@ class MTCNN:
             self.device = torch.device(device)
         except (RuntimeError, TypeError):
             raise UsageError(f"mtcnn: unknown device '{device}'") from None
+        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
+            raise UsageError(f"mtcnn: device '{device}' is not available here")
         self.settings: dict[str, Any] = {
             "name": "mtcnn",
             "min_face_size": self.min_face_size,

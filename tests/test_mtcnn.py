@@ -106,6 +106,7 @@ def test_settings_record_the_options(mtcnn):
         ({"thresholds": "high"}, "thresholds must be three numbers"),
         ({"factor": 1.0}, "factor must be a number between 0 and 1"),
         ({"device": "toaster"}, "unknown device 'toaster'"),
+        ({"device": "cuda:99"}, "device 'cuda:99' is not available here"),
         ({"colour": "red"}, "does not accept these options"),
     ],
 )
