@@ -29,8 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_embed import PEER, busy_cpu_seconds, ensure_peer, wait_for_idle  # noqa: E402
+from bench_embed import PEER, busy_cpu_seconds, ensure_peer, wait_for_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -115,7 +117,7 @@ def agreement(peer_out: Path, our_out: Path) -> dict:
             result["faces"] += 1
             result["min_iou"] = min(result["min_iou"], box_iou(a["box"], b["box"]))
             result["max_score"] = max(result["max_score"], abs(a["score"] - b["score"]))
-            moved = max(abs(p - q) for pa, pb in zip(a["landmarks"], b["landmarks"]) for p, q in zip(pa, pb))
+            moved = float(np.abs(np.array(a["landmarks"]) - np.array(b["landmarks"])).max())
             result["max_landmark"] = max(result["max_landmark"], moved)
     result["identical"] = (
         result["same_count"] == result["images"] and result["min_iou"] >= 0.95 and result["max_score"] <= 0.01
