@@ -1,8 +1,8 @@
 """Indexing speed: faces per second of a first index of a folder, and what re-indexing it costs.
 
 The folder holds `--photos` pictures in `<person>/` folders, made from ../shared's one-person photos:
-each source scaled to fit 800 pixels (a phone photo as people keep them), then at 100/85/70/55 % and
-mirrored, so every file has its own bytes and one face. Both sides detect with MTCNN (facenet-pytorch's
+each source scaled to fit 800 pixels (a phone photo as people keep them), then at 100/85/70/55 %,
+mirrored or not, saved at JPEG quality 92 or 80, so every file has its own bytes and one face. Both sides detect with MTCNN (facenet-pytorch's
 defaults) and embed every face found with Inception-ResNet-v1 under the same seeded weights
 (../shared/tools/seeded_weights.py, salt 0); timings are the whole process, as a user waits for it,
 and the work alone (after imports), as the process itself measures it.
@@ -39,7 +39,7 @@ SOURCES = [
     *[FACES / "knn" / "test" / name for name in ("alex_lacamoire1.jpg", "johnsnow_test1.jpg", "obama1.jpg")],
 ]
 LONGEST_SIDE = 800
-SCALES = (1.0, 0.85, 0.7, 0.55)
+VARIANTS = list(product((92, 80), (1.0, 0.85, 0.7, 0.55), (False, True)))  # JPEG quality, scale, mirrored
 
 
 def make_folder(target: Path, photos: int) -> list[Path]:
@@ -47,7 +47,7 @@ def make_folder(target: Path, photos: int) -> list[Path]:
     from PIL import Image, ImageOps
 
     made = []
-    for number, ((scale, mirror), source) in enumerate(product(product(SCALES, (False, True)), SOURCES)):
+    for number, ((quality, scale, mirror), source) in enumerate(product(VARIANTS, SOURCES)):
         if number == photos:
             break
         with Image.open(source) as original:
@@ -57,9 +57,9 @@ def make_folder(target: Path, photos: int) -> list[Path]:
         if mirror:
             image = ImageOps.mirror(image)
         person = source.parent.name if source.parent.name != "test" else source.stem.rstrip("0123456789")
-        path = target / person / f"{source.stem}-{int(scale * 100)}{'-m' if mirror else ''}.jpg"
+        path = target / person / f"{source.stem}-{int(scale * 100)}{'-m' if mirror else ''}-q{quality}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, quality=92)
+        image.save(path, quality=quality)
         made.append(path)
     return made
 

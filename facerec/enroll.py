@@ -14,20 +14,21 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from facerec import gallery as store
 from facerec.errors import FacerecError
 from facerec.gallery import Contents, Entry, Skipped, Snapshot
-from facerec.parts import Head
 from facerec.provenance import ModelRequest, check_request, open_pipeline
 from facerec.registry import registry
 from facerec.weights import sha256_file
+
+if TYPE_CHECKING:
+    from facerec.parts import Head
 
 DEFAULT_HEAD = "faiss"
 NO_FACE = "no face found"
@@ -176,10 +177,7 @@ def _index(gallery, folder, snapshot, request, head, head_options, progress, not
     for skipped in steps.skipped:
         if _inside(skipped.source, folder):
             note(f"{skipped.source}: {skipped.reason}, skipped (unchanged since the last run)")
-    head = head or (snapshot.head_name if snapshot else DEFAULT_HEAD)
-    if head_options is None and snapshot and snapshot.head_name == head:
-        head_options = snapshot.head_options
-    head_options = dict(registry().create("head", head, **(head_options or {})).options)
+    head, head_options = _head_choice(snapshot, head, head_options)
     provenance = snapshot.provenance if snapshot else None
     entries, vectors, new_skipped = [], [], []
     if steps.embed:
@@ -203,6 +201,14 @@ def _index(gallery, folder, snapshot, request, head, head_options, progress, not
     return report
 
 
+def _head_choice(snapshot: Snapshot | None, head: str | None, options: dict[str, Any] | None):
+    """The head and its full options: as asked (defaults filled in by the head), else the gallery's."""
+    if snapshot and head in (None, snapshot.head_name) and options is None:
+        return snapshot.head_name, snapshot.head_options
+    head = head or (snapshot.head_name if snapshot else DEFAULT_HEAD)
+    return head, dict(registry().create("head", head, **(options or {})).options)
+
+
 def _head_for(snapshot: Snapshot | None, steps: Plan, contents: Contents) -> Head:
     """The new version's head: the gallery's own, extended, when faces were only added and the head can
     `add`; else one fitted on all the vectors."""
@@ -211,6 +217,8 @@ def _head_for(snapshot: Snapshot | None, steps: Plan, contents: Contents) -> Hea
     if same and not steps.removed and kept == len(snapshot):
         head = snapshot.load_head()
         if hasattr(head, "add"):
+            import torch  # here, not above: a run with nothing to do needs no torch
+
             head.add(torch.from_numpy(contents.vectors[kept:]), [e.identity for e in contents.entries[kept:]])
             return head
     labels = [entry.identity for entry in contents.entries]

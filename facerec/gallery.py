@@ -33,15 +33,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from facerec.errors import FacerecError
-from facerec.parts import Head
 from facerec.provenance import Provenance
 from facerec.registry import registry
+
+if TYPE_CHECKING:
+    from facerec.parts import Head
 
 FORMAT = 1
 CURRENT_FILE = "CURRENT"
@@ -285,9 +286,7 @@ def _write_db(target: Path, contents: Contents, previous: str | None) -> None:
         db.close()
 
 
-def _write_vectors(target: Path, vectors: np.ndarray | torch.Tensor) -> None:
-    if isinstance(vectors, torch.Tensor):
-        vectors = vectors.detach().cpu().numpy()
+def _write_vectors(target: Path, vectors: np.ndarray) -> None:
     np.save(target, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
 
 
@@ -331,5 +330,7 @@ def _remove_leftovers(path: Path, keep: set[str]) -> None:
 def fit_head(name: str, options: dict[str, Any], vectors: np.ndarray, labels: Sequence[str]) -> Head:
     """A head of `name` built with `options` and fitted on the gallery's vectors."""
     head = registry().create("head", name, **options)
+    import torch  # here, not above: reading a gallery needs no torch
+
     head.fit(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)), labels)
     return head

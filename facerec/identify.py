@@ -6,13 +6,15 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facerec import gallery as store
 from facerec.errors import FacerecError
 from facerec.faces import Face
-from facerec.parts import Head
 from facerec.provenance import ModelRequest, open_pipeline
+
+if TYPE_CHECKING:
+    from facerec.parts import Head
 
 DEFAULT_TOP_K = 3
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from facerec.engine import CropSettings, Pipeline, create_detector, load_backbone
 from facerec.errors import FacerecError
 from facerec.weights import sha256_file
+
+if TYPE_CHECKING:
+    from facerec.engine import Pipeline
 
 DEFAULT_BACKBONE = "inception-resnet"
 DEFAULT_PRETRAINED = "vggface2"
@@ -32,14 +34,15 @@ class Provenance:
     weights_file: str | None  # the --weights file, when the weights were not a named pretrained set
     detector: str
     detector_settings: dict[str, Any] = field(default_factory=dict)
-    crop: dict[str, Any] = field(default_factory=lambda: asdict(CropSettings()))
+    crop: dict[str, Any] = field(default_factory=dict)  # facerec.engine.CropSettings as a dict
     embedding_size: int = 512
 
     def describe(self) -> str:
         """One line: network, weights (and their SHA-256), detector, crop when not facenet-pytorch's."""
         weights = self.weights_file or self.pretrained
         digest = f", sha256 {self.weights_sha256[:12]}" if self.weights_sha256 else ""
-        crop = "" if self.crop == asdict(CropSettings()) else f", crop {self.crop}"
+        facenet_pytorch = not self.crop.get("margin") and self.crop.get("align", "box") == "box"
+        crop = "" if facenet_pytorch else f", crop {self.crop}"
         return f"{self.backbone} with weights {weights}{digest}, detector {self.detector}{crop}"
 
     def same_vectors(self, other: Provenance) -> bool:
@@ -94,6 +97,8 @@ def open_pipeline(
 
     The record names the weights as this run found them (a moved --weights file, say), same bytes.
     """
+    from facerec.engine import CropSettings, Pipeline, create_detector, load_backbone
+
     if recorded is not None:
         check_request(recorded, request, gallery)
     backbone = _choose(request.backbone, recorded and recorded.backbone, DEFAULT_BACKBONE)

@@ -118,9 +118,9 @@ def test_faiss_distances_are_euclidean_and_candidates_distinct_identities():
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_indexes_agree_with_exact_search(kind, tmp_path):
-    vectors, labels, centres = clustered(1000, 4)
+    vectors, labels, centres = clustered(500, 4)
     rng = np.random.default_rng(1)
-    owners = rng.integers(0, 1000, 300)
+    owners = rng.integers(0, 500, 300)
     queries = centres[owners] + 0.7 / np.sqrt(512) * rng.standard_normal((300, 512)).astype(np.float32)
     queries = torch.from_numpy((queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32))
     exact, approximate = FaissHead(index="flat"), FaissHead(index=kind)
