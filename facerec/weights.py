@@ -15,10 +15,13 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from facerec.atomic import write_atomically
 from facerec.errors import FacerecError
@@ -157,6 +160,8 @@ def fetch(weight: WeightFile) -> tuple[Path, str]:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from `path`, loaded with weights_only=True; one clear error for anything else."""
+    import torch  # here, not at the top: galleries check weights by SHA-256 without loading torch
+
     path = Path(path)
     if not path.is_file():
         raise FacerecError(f"{path}: no such weights file")
