@@ -97,8 +97,8 @@ def download(url: str, target: Path, sha256: str | None = None) -> str:
                             bar.update(len(block))
             except requests.RequestException as error:
                 raise FacerecError(
-                    f"cannot download {source}: {_reason(error)}; pass --weights FILE with a local copy, "
-                    "or set FACEREC_MIRROR to a server that has it"
+                    f"cannot download {source}: {_reason(error)}; put a copy at {target} (for a backbone, "
+                    "--weights FILE also works), or set FACEREC_MIRROR to a server that has it"
                 ) from None
         actual = digest.hexdigest()
         if sha256 and actual != sha256.lower():

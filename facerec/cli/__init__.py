@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -17,8 +18,28 @@ import click
 from facerec import __version__
 from facerec.errors import FacerecError, UsageError
 
+BUILTIN_COMMANDS = {
+    name: f"facerec.cli.{name}"
+    for name in ("detect", "embed", "index", "identify", "gallery", "demo", "train", "evaluate", "plugins")
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """Built-in commands import their module only when used, so a command pays only for its own imports.
+
+    (`facerec train` needs torchvision's transforms; `facerec detect` should not wait for them.)
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*BUILTIN_COMMANDS, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in BUILTIN_COMMANDS and name not in self.commands:
+            self.add_command(importlib.import_module(BUILTIN_COMMANDS[name]).command, name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="facerec")
 def cli() -> None:
     """facerec: detect, embed, index and identify faces with FaceNet, and fine-tune it."""
@@ -105,11 +126,7 @@ def detector_options(command: Callable) -> Callable:
     return command
 
 
-def _add_commands() -> None:
-    from facerec.cli import demo, detect, embed, evaluate, gallery, identify, index, plugins, train
-
-    for module in (detect, embed, plugins, index, identify, gallery, demo, train, evaluate):
-        cli.add_command(module.command)
+def _add_plugin_commands() -> None:
     from facerec.registry import add_plugin_commands
 
     add_plugin_commands(cli)
@@ -118,7 +135,7 @@ def _add_commands() -> None:
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; exit 0 on success, 2 on bad usage, 1 on failure, with one line on stderr."""
     try:
-        _add_commands()
+        _add_plugin_commands()
         status = cli.main(args=args, prog_name="facerec", standalone_mode=False)
     except click.exceptions.Exit as done:
         status = done.exit_code
