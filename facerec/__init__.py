@@ -1,10 +1,10 @@
 """facerec: a face recognition engine built on FaceNet, composed from plugins.
 
-    import facerec
+import facerec
 
-    gallery = facerec.open_gallery(".facerec/gallery")
-    gallery.index("datasets/custom_images")
-    faces = gallery.identify("photo.jpg")
+gallery = facerec.open_gallery(".facerec/gallery")
+gallery.index("datasets/custom_images")
+faces = gallery.identify("photo.jpg")
 """
 
 from typing import Any

@@ -60,7 +60,12 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -87,4 +92,3 @@ def test_bad_paths_give_one_line_naming_the_file(tmp_path, make, reason):
     message = str(caught.value)
     assert message.startswith(str(path)) and reason in message
     assert "\n" not in message
-

@@ -110,4 +110,3 @@ def test_state_dicts_load_without_unpickling_code(tmp_path):
     torch.save([torch.ones(1)], not_a_dict)
     with pytest.raises(FacerecError, match="not a state dict"):
         load_state_dict(not_a_dict)
-
