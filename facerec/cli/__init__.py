@@ -25,16 +25,30 @@ BUILTIN_COMMANDS = {
 
 
 class LazyGroup(click.Group):
-    """Built-in commands import their module only when used, so a command pays only for its own imports.
+    """Commands load on first use, so a command pays only for its own imports.
 
-    (`facerec train` needs torchvision's transforms; `facerec detect` should not wait for them.)
+    A built-in command imports just its module (`facerec train` needs torchvision's transforms; `facerec
+    detect` should not wait for them, and an `index` with nothing to do needs no torch at all). Plugins'
+    commands are added, which loads every plugin, only when a name is not built-in or for the listing.
     """
 
+    plugins_loaded = False
+
+    def add_plugin_commands(self) -> None:
+        if not self.plugins_loaded:
+            from facerec.registry import add_plugin_commands
+
+            self.plugins_loaded = True
+            add_plugin_commands(self)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
+        self.add_plugin_commands()
         return sorted({*BUILTIN_COMMANDS, *super().list_commands(ctx)})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in BUILTIN_COMMANDS and name not in self.commands:
+        if name not in BUILTIN_COMMANDS:
+            self.add_plugin_commands()
+        elif name not in self.commands:
             self.add_command(importlib.import_module(BUILTIN_COMMANDS[name]).command, name)
         return super().get_command(ctx, name)
 
@@ -126,16 +140,9 @@ def detector_options(command: Callable) -> Callable:
     return command
 
 
-def _add_plugin_commands() -> None:
-    from facerec.registry import add_plugin_commands
-
-    add_plugin_commands(cli)
-
-
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; exit 0 on success, 2 on bad usage, 1 on failure, with one line on stderr."""
     try:
-        _add_plugin_commands()
         status = cli.main(args=args, prog_name="facerec", standalone_mode=False)
     except click.exceptions.Exit as done:
         status = done.exit_code
