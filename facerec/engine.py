@@ -1,15 +1,17 @@
-"""Composition: the engine builds a backbone and a detector from the registry and runs images through them.
+"""Composition: the engine builds a detector, an aligner and a backbone from the registry and runs
+images through them.
 
 It knows no concrete model. `load_backbone` resolves weights (a file, a named pretrained download, or
-none) and asks the backbone plugin to build its network; `Pipeline` streams image paths through
-load -> detect -> crop -> embed in small batches, so memory stays bounded however many images come.
+none) and asks the backbone plugin to build its network; the backbone's input recipe names the aligner
+and the standardization; `Pipeline` streams image paths through load -> detect -> align -> standardize
+-> embed in small batches, so memory stays bounded however many images come.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,13 @@ from facerec import align
 from facerec.errors import FacerecError, UsageError
 from facerec.faces import Face, largest_first
 from facerec.images import ImageError, load_image
-from facerec.parts import Backbone, Detector
+from facerec.parts import Aligner, Backbone, Detector, InputRecipe
 from facerec.registry import registry
 from facerec.weights import fetch, load_state_dict, sha256_file
 
 NO_WEIGHTS = "none"
+DEFAULT_BACKBONE = "inception-resnet"
+DEFAULT_DETECTOR = "mtcnn"
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -38,6 +42,17 @@ def resolve_device(device: str | None) -> torch.device:
         raise UsageError(f"--device: unknown device '{device}'") from None
 
 
+def backbone_plugin(name: str) -> Backbone:
+    """The registered backbone `name` (its recipe and weights list; no network is built)."""
+    return registry().create("backbone", name)
+
+
+def default_threshold(plugin: Backbone, pretrained: str | None) -> float | None:
+    """The same-person distance for `pretrained` weights: their own, else the default weights'."""
+    thresholds = plugin.thresholds
+    return thresholds.get(pretrained or "", thresholds.get(plugin.default_pretrained or ""))
+
+
 @dataclass
 class LoadedBackbone:
     """A backbone plugin with its network built and its weights identified by SHA-256."""
@@ -47,6 +62,7 @@ class LoadedBackbone:
     module: torch.nn.Module  # trainable, unfused
     weights_sha256: str | None  # None for untrained (seeded random) weights
     device: torch.device
+    pretrained: str | None = None  # the named weights loaded (`none`: untrained), None for a file
     _inference: torch.nn.Module | None = field(default=None, repr=False)
 
     @property
@@ -55,6 +71,10 @@ class LoadedBackbone:
         if self._inference is None:
             self._inference = self.plugin.for_inference(self.module.eval()).to(self.device)
         return self._inference
+
+    @property
+    def threshold(self) -> float | None:
+        return default_threshold(self.plugin, self.pretrained)
 
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
         """Unit embeddings (N, D) on the CPU of standardized faces (N, 3, S, S)."""
@@ -73,21 +93,25 @@ def _state_dict_for(plugin: Backbone, name: str, pretrained: str | None, weights
             f"--pretrained: backbone '{name}' has no weights '{pretrained}' (available: {known})"
         )
     path, digest = fetch(plugin.pretrained[pretrained])
-    return load_state_dict(path), digest, str(path)
+    read = getattr(plugin, "read_pretrained", load_state_dict)  # for published files that are not torch's
+    return read(path), digest, str(path)
 
 
 def load_backbone(
     name: str,
-    pretrained: str | None = "vggface2",
+    pretrained: str | None = None,
     weights: str | os.PathLike | None = None,
     device: str | None = "cpu",
 ) -> LoadedBackbone:
     """Build backbone `name` with `weights` (a state-dict file) or the named `pretrained` weights.
 
-    Without weights the network is initialised from a fixed seed, so two runs agree.
+    `pretrained` None means the backbone's default weights; `none` means untrained, initialised from a
+    fixed seed so that two runs agree.
     """
     target = resolve_device(device)
-    plugin = registry().create("backbone", name)
+    plugin = backbone_plugin(name)
+    if weights is None and pretrained is None:
+        pretrained = plugin.default_pretrained
     state, digest, source = _state_dict_for(plugin, name, pretrained, Path(weights) if weights else None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -95,21 +119,26 @@ def load_backbone(
             module = plugin.build(state)
         except ValueError as error:
             raise FacerecError(f"{source}: does not fit backbone '{name}': {error}") from None
-    return LoadedBackbone(name, plugin, module.to(target), digest, target)
+    named = None if weights is not None else pretrained
+    return LoadedBackbone(name, plugin, module.to(target), digest, target, named)
 
 
-@dataclass(frozen=True)
-class CropSettings:
-    """How a detected face becomes the network's input; recorded with galleries."""
+def with_aligner(
+    recipe: InputRecipe, aligner: str | None = None, options: Mapping[str, Any] | None = None
+) -> InputRecipe:
+    """`recipe` with the user's aligner (`--aligner`) and options (`-A`); options alone adjust the
+    recipe's own aligner."""
+    if aligner is not None and aligner != recipe.aligner:
+        return replace(recipe, aligner=aligner, aligner_options=dict(options or {}))
+    return replace(recipe, aligner_options={**recipe.aligner_options, **(options or {})})
 
-    size: int = 160
-    margin: float = 0
-    align: str = "box"  # "box": facenet-pytorch's crop; "landmarks": similarity alignment
 
-    def crop(self, image: Image.Image, face: Face) -> Image.Image:
-        if self.align == "landmarks" and face.landmarks is not None:
-            return align.align_by_landmarks(image, face.landmarks, self.size)
-        return align.crop_face(image, face, self.size, self.margin)
+def create_aligner(recipe: InputRecipe) -> tuple[Aligner, InputRecipe]:
+    """The recipe's aligner, and the recipe with the options as the aligner reports them (normalized:
+    `margin=0` and `margin=0.0` crop alike and must record alike)."""
+    aligner = registry().create("aligner", recipe.aligner, **recipe.aligner_options)
+    options = {key: value for key, value in aligner.settings.items() if key != "name"}
+    return aligner, replace(recipe, aligner_options=options)
 
 
 @dataclass
@@ -141,11 +170,13 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 
 @dataclass
 class Pipeline:
-    """Streams images through a detector and, when given, a backbone, a few images at a time."""
+    """Streams images through a detector, an aligner and, when given, a backbone, a few at a time."""
 
     detector: Detector
+    detector_name: str
+    aligner: Aligner
+    recipe: InputRecipe
     backbone: LoadedBackbone | None = None
-    crop: CropSettings = field(default_factory=CropSettings)
     images_per_batch: int = 8
     faces_per_batch: int = 32
 
@@ -165,7 +196,8 @@ class Pipeline:
         detections = self.detector.detect(list(images.values())) if images else []
         for (index, image), faces in zip(images.items(), detections, strict=True):
             results[index].faces = largest_first(faces)
-            results[index].crops = [self.crop.crop(image, face) for face in results[index].faces]
+            if results[index].faces:
+                results[index].crops = self.aligner.align(image, results[index].faces, self.recipe.size)
         if self.backbone is not None:
             self._embed(results)
         return results
@@ -173,7 +205,7 @@ class Pipeline:
     def _embed(self, results: list[ImageResult]) -> None:
         crops = [crop for result in results for crop in result.crops]
         vectors = [
-            self.backbone.embed(torch.stack([align.standardize(crop) for crop in chunk]))
+            self.backbone.embed(align.standardize_pictures(chunk, self.recipe))
             for chunk in batched(crops, self.faces_per_batch)
         ]
         flat = torch.cat(vectors) if vectors else torch.empty(0, self.backbone.plugin.embedding_size)
@@ -184,6 +216,29 @@ class Pipeline:
                 start += len(result.faces)
 
 
-def create_detector(name: str, options: dict[str, Any] | None = None) -> Detector:
+def create_detector(name: str, options: Mapping[str, Any] | None = None) -> Detector:
     """The registered detector `name` built with `options` (from `-D KEY=VALUE` on the command line)."""
     return registry().create("detector", name, **(options or {}))
+
+
+def build_pipeline(
+    detector: str = DEFAULT_DETECTOR,
+    detector_options: Mapping[str, Any] | None = None,
+    backbone: str = DEFAULT_BACKBONE,
+    aligner: str | None = None,
+    aligner_options: Mapping[str, Any] | None = None,
+    embed: bool = True,
+    pretrained: str | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str | None = "auto",
+) -> Pipeline:
+    """The one place a pipeline is composed: detector, the backbone's recipe (its aligner, or the one
+    asked for), and with `embed` the backbone's network with its weights.
+
+    Parts are built before any weights are fetched, so a bad option is reported before a download.
+    """
+    found = create_detector(detector, detector_options)
+    recipe = with_aligner(backbone_plugin(backbone).recipe, aligner, aligner_options)
+    part, recipe = create_aligner(recipe)
+    loaded = load_backbone(backbone, pretrained, weights, device) if embed else None
+    return Pipeline(detector=found, detector_name=detector, aligner=part, recipe=recipe, backbone=loaded)

@@ -126,7 +126,7 @@ class Snapshot:
         if meta.get("format", 0) > FORMAT:
             raise FacerecError(f"{path}: gallery format {meta['format']} is newer than this facerec reads")
         self.meta = meta
-        self.provenance = Provenance(**meta["provenance"])
+        self.provenance = Provenance.from_record(meta["provenance"])
         self.head_name: str = meta["head"]
         self.head_options: dict[str, Any] = meta["head_options"]
 

@@ -43,5 +43,10 @@ def register_heads(register: Register) -> None:
 
 
 @hookspec
+def register_aligners(register: Register) -> None:
+    """Register face aligners: detected face -> the backbone's input picture (see facerec.parts.Aligner)."""
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the `facerec` command group."""

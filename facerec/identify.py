@@ -62,7 +62,8 @@ class Identifier:
         self.gallery = Path(gallery)
         snapshot = _open(self.gallery)
         try:
-            self.pipeline, _ = open_pipeline(snapshot.provenance, request or ModelRequest(), self.gallery)
+            self.pipeline, made = open_pipeline(snapshot.provenance, request or ModelRequest(), self.gallery)
+            self.distance_threshold = snapshot.provenance.threshold or made.threshold
             self.version = snapshot.version
             self.head: Head = snapshot.load_head()
         finally:
@@ -85,7 +86,7 @@ class Identifier:
     ) -> Iterator[IdentifiedImage]:
         """One result per image, in order; an unreadable image gives a result with `error`."""
         if threshold is None:
-            threshold = self.head.default_threshold
+            threshold = self.default_threshold()
         for result in self.pipeline.run(images):
             if result.error is not None:
                 yield IdentifiedImage(result.path, error=result.error)
@@ -98,6 +99,18 @@ class Identifier:
                     for face, candidates in zip(result.faces, found, strict=True)
                 ],
             )
+
+    def default_threshold(self) -> float:
+        """The head's own threshold, or, for a head that measures embedding distance (`faiss`), the
+        same-person distance of the weights that made the gallery (its provenance)."""
+        found = self.head.default_threshold
+        if found is None:
+            found = self.distance_threshold
+        if found is None:
+            raise FacerecError(
+                f"{self.gallery}: the gallery's weights declare no same-person distance; pass --threshold"
+            )
+        return found
 
 
 def _decide(face: Face, candidates: list[tuple[str, float]], threshold: float) -> Identification:

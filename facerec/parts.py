@@ -18,13 +18,60 @@ from facerec.faces import Face
 from facerec.weights import WeightFile
 
 
+@dataclass(frozen=True)
+class InputRecipe:
+    """How a detected face becomes a backbone's input, declared by the backbone (as timm's pretrained_cfg).
+
+    The aligner `aligner` (built with `aligner_options`) cuts a `size` x `size` RGB picture of the face;
+    the core then orders its channels as `channels` says and standardizes every channel c of the 0-255
+    pixels as `(pixel - mean[c]) / std[c]` (mean and std listed in `channels` order). Galleries, face
+    caches and training runs record the recipe whole, since any change makes other vectors.
+    """
+
+    size: int
+    aligner: str = "box"
+    aligner_options: Mapping[str, Any] = field(default_factory=dict)
+    mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    channels: str = "RGB"  # or "BGR"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "aligner": self.aligner,
+            "aligner_options": dict(self.aligner_options),
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "channels": self.channels,
+        }
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> InputRecipe:
+        return cls(
+            size=int(record["size"]),
+            aligner=record.get("aligner", "box"),
+            aligner_options=dict(record.get("aligner_options", {})),
+            mean=tuple(float(v) for v in record.get("mean", (127.5,) * 3)),
+            std=tuple(float(v) for v in record.get("std", (128.0,) * 3)),
+            channels=record.get("channels", "RGB"),
+        )
+
+
 @runtime_checkable
 class Backbone(Protocol):
-    """A recognition network: aligned face tensors (N, 3, S, S), standardized, to unit embeddings."""
+    """A recognition network: aligned face tensors (N, 3, S, S), standardized, to unit embeddings.
 
-    input_size: int
+    `recipe` says how faces become its input. `default_pretrained` names the weights used when the user
+    names none (None: untrained). `thresholds` gives, for named pretrained weights, the Euclidean
+    distance between unit embeddings up to which two faces are the same person; weights not named there
+    (a fine-tuned file, say) use the threshold of `default_pretrained`.
+    """
+
+    recipe: InputRecipe
     embedding_size: int
     pretrained: Mapping[str, WeightFile]
+    default_pretrained: str | None
+    thresholds: Mapping[str, float]
 
     def build(self, state_dict: Mapping[str, torch.Tensor] | None = None) -> torch.nn.Module:
         """A trainable network (forward returns unit embeddings) loaded from `state_dict` when given.
@@ -35,6 +82,21 @@ class Backbone(Protocol):
 
     def for_inference(self, module: torch.nn.Module) -> torch.nn.Module:
         """A module for inference only (it may fold batch norm, change memory layout), same outputs."""
+        ...
+
+
+@runtime_checkable
+class Aligner(Protocol):
+    """Cuts the backbone's input picture of each detected face out of an image.
+
+    Built by its factory from keyword options (`-A KEY=VALUE`, or a recipe's `aligner_options`);
+    `settings` names everything that changes the output, as those options.
+    """
+
+    settings: Mapping[str, Any]
+
+    def align(self, image: Image.Image, faces: Sequence[Face], size: int) -> list[Image.Image]:
+        """One RGB `size` x `size` picture per face of the RGB `image`, in the order given."""
         ...
 
 
@@ -115,13 +177,14 @@ class Head(Protocol):
     The factory takes JSON-able options, which a gallery records (`options`) to build the same head again
     before `load`. Distances are "smaller is nearer" in the head's own measure (the `faiss` head: Euclidean
     distance between unit vectors); `default_threshold` is the distance up to which the nearest identity
-    is accepted. Heads store only plain arrays and JSON, never pickle. A head may also offer
+    is accepted, or None for a head whose distance is the embeddings' own: the gallery then takes the
+    threshold the backbone declares for its weights. Heads store only plain arrays and JSON, never pickle. A head may also offer
     `add(vectors, labels)`, extending a fitted head with more faces; galleries that only grew use it
     instead of fitting again.
     """
 
     options: Mapping[str, Any]
-    default_threshold: float
+    default_threshold: float | None
 
     def fit(self, vectors: torch.Tensor, labels: Sequence[str]) -> None:
         """Learn the gallery: `vectors` (N, D) unit embeddings, `labels[i]` the identity of row i."""

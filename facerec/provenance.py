@@ -1,15 +1,16 @@
 """Which models made a gallery's vectors, and building exactly those again.
 
-Vectors from different networks, weights, detectors or crops are not comparable, so a gallery records
-all of them (`Provenance`) and every later `index` or `identify` embeds the same way. Options a user
-gives explicitly (`ModelRequest`) must agree with the record; anything else is refused with one line
-that says what differs.
+Vectors from different networks, weights, detectors or input recipes are not comparable, so a gallery
+records all of them (`Provenance`) and every later `index` or `identify` embeds the same way. Options a
+user gives explicitly (`ModelRequest`) must agree with the record; anything else is refused with one
+line that says what differs.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +21,18 @@ if TYPE_CHECKING:
     from facerec.engine import Pipeline
 
 DEFAULT_BACKBONE = "inception-resnet"
-DEFAULT_PRETRAINED = "vggface2"
 DEFAULT_DETECTOR = "mtcnn"
+FACENET_PYTORCH_RECIPE = {"size": 160, "mean": [127.5] * 3, "std": [128.0] * 3, "channels": "RGB"}
 
 
 @dataclass(frozen=True)
 class Provenance:
-    """What made a gallery's vectors; identify must embed with exactly the same to compare."""
+    """What made a gallery's vectors; identify must embed with exactly the same to compare.
+
+    `recipe` is the backbone's input recipe as used (facerec.parts.InputRecipe.to_json: size, aligner
+    and its options, mean, std, channels). `threshold` is the same-person distance of the weights, the
+    default of `identify`; it does not change the vectors.
+    """
 
     backbone: str
     pretrained: str | None
@@ -34,22 +40,47 @@ class Provenance:
     weights_file: str | None  # the --weights file, when the weights were not a named pretrained set
     detector: str
     detector_settings: dict[str, Any] = field(default_factory=dict)
-    crop: dict[str, Any] = field(default_factory=dict)  # facerec.engine.CropSettings as a dict
+    recipe: dict[str, Any] = field(default_factory=dict)
     embedding_size: int = 512
+    threshold: float | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Provenance:
+        """A provenance as a gallery stored it, galleries written before input recipes included: their
+        `crop` (size, margin, align) was facenet-pytorch's standardization with the box or landmarks
+        aligner."""
+        record = dict(record)
+        crop = record.pop("crop", None)
+        if crop is not None and "recipe" not in record:
+            landmarks = crop.get("align") == "landmarks"
+            record["recipe"] = {
+                **FACENET_PYTORCH_RECIPE,
+                "size": crop.get("size", 160),
+                "aligner": "landmarks" if landmarks else "box",
+                "aligner_options": {} if landmarks else {"margin": float(crop.get("margin", 0))},
+            }
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in record.items() if key in known})
 
     def describe(self) -> str:
-        """One line: network, weights (and their SHA-256), detector, crop when not facenet-pytorch's."""
+        """One line: network, weights (and their SHA-256), detector, aligner."""
         weights = self.weights_file or self.pretrained
         digest = f", sha256 {self.weights_sha256[:12]}" if self.weights_sha256 else ""
-        facenet_pytorch = not self.crop.get("margin") and self.crop.get("align", "box") == "box"
-        crop = "" if facenet_pytorch else f", crop {self.crop}"
-        return f"{self.backbone} with weights {weights}{digest}, detector {self.detector}{crop}"
+        return (
+            f"{self.backbone} with weights {weights}{digest}, detector {self.detector}, "
+            f"aligner {describe_aligner(self.recipe)}"
+        )
 
     def same_vectors(self, other: Provenance) -> bool:
-        """Whether `other` makes vectors comparable with these (where the weights file lives is no matter)."""
-        return replace(self, weights_file=None, pretrained=None) == replace(
-            other, weights_file=None, pretrained=None
-        )
+        """Whether `other` makes vectors comparable with these (where the weights file lives, and the
+        threshold, are no matter)."""
+        ignored = {"weights_file": None, "pretrained": None, "threshold": None}
+        return replace(self, **ignored) == replace(other, **ignored)
+
+
+def describe_aligner(recipe: Mapping[str, Any]) -> str:
+    options = ", ".join(f"{key}={value}" for key, value in recipe.get("aligner_options", {}).items())
+    return f"{recipe.get('aligner')}" + (f" ({options})" if options else "")
 
 
 @dataclass(frozen=True)
@@ -61,8 +92,8 @@ class ModelRequest:
     weights: str | os.PathLike | None = None
     detector: str | None = None
     detector_options: dict[str, Any] | None = None
-    margin: float | None = None
-    align: str | None = None
+    aligner: str | None = None
+    aligner_options: dict[str, Any] | None = None
     device: str | None = "auto"
 
 
@@ -71,8 +102,7 @@ def check_request(recorded: Provenance, request: ModelRequest, gallery: Path) ->
     wanted = {
         "backbone": (request.backbone, recorded.backbone),
         "detector": (request.detector, recorded.detector),
-        "--margin": (request.margin, recorded.crop.get("margin")),
-        "--align": (request.align, recorded.crop.get("align")),
+        "aligner": (request.aligner, recorded.recipe.get("aligner")),
     }
     if request.weights is None:
         wanted["pretrained weights"] = (request.pretrained, recorded.pretrained)
@@ -81,6 +111,10 @@ def check_request(recorded: Provenance, request: ModelRequest, gallery: Path) ->
     for what, (asked, made) in wanted.items():
         if asked is not None and asked != made:
             raise mismatch(gallery, recorded, f"{what} {asked}")
+    options = recorded.recipe.get("aligner_options", {})
+    if request.aligner_options is not None and {**options, **request.aligner_options} != options:
+        asked = {"aligner": recorded.recipe.get("aligner"), "aligner_options": request.aligner_options}
+        raise mismatch(gallery, recorded, f"aligner {describe_aligner(asked)}")
 
 
 def mismatch(gallery: Path, recorded: Provenance, asked: str) -> FacerecError:
@@ -97,50 +131,54 @@ def open_pipeline(
 
     The record names the weights as this run found them (a moved --weights file, say), same bytes.
     """
-    from facerec.engine import CropSettings, Pipeline, create_detector, load_backbone
+    from facerec.engine import build_pipeline
 
     if recorded is not None:
         check_request(recorded, request, gallery)
-    backbone = _choose(request.backbone, recorded and recorded.backbone, DEFAULT_BACKBONE)
-    pretrained = _choose(request.pretrained, recorded and recorded.pretrained, DEFAULT_PRETRAINED)
     weights = request.weights or (recorded.weights_file if recorded else None)
     if weights is not None and not Path(weights).is_file():
         raise FacerecError(
             f"{weights}: the gallery's weights file is missing; pass --weights FILE with a copy"
         )
-    loaded = load_backbone(backbone, pretrained=pretrained, weights=weights, device=request.device)
-    detector_name = _choose(request.detector, recorded and recorded.detector, DEFAULT_DETECTOR)
-    options = request.detector_options if request.detector_options is not None else _options_of(recorded)
-    detector = create_detector(detector_name, options)
-    crop = CropSettings(
-        size=loaded.plugin.input_size,
-        margin=_choose(request.margin, recorded and recorded.crop.get("margin"), CropSettings.margin),
-        align=_choose(request.align, recorded and recorded.crop.get("align"), CropSettings.align),
+    recipe = recorded.recipe if recorded else {}
+    aligner = _choose(request.aligner, recipe.get("aligner"))
+    pipeline = build_pipeline(
+        detector=_choose(request.detector, recorded and recorded.detector, DEFAULT_DETECTOR),
+        detector_options=_choose(request.detector_options, _options_of(recorded)),
+        backbone=_choose(request.backbone, recorded and recorded.backbone, DEFAULT_BACKBONE),
+        aligner=aligner,
+        aligner_options=_choose(
+            request.aligner_options,
+            recipe.get("aligner_options") if aligner == recipe.get("aligner") else None,
+        ),
+        pretrained=None if weights else _choose(request.pretrained, recorded and recorded.pretrained),
+        weights=weights,
+        device=request.device,
     )
+    loaded = pipeline.backbone
     made = Provenance(
-        backbone=backbone,
-        pretrained=None if weights else pretrained,
+        backbone=loaded.name,
+        pretrained=loaded.pretrained,
         weights_sha256=loaded.weights_sha256,
         weights_file=str(Path(weights).resolve()) if weights else None,
-        detector=detector_name,
-        detector_settings=dict(detector.settings),
-        crop=asdict(crop),
+        detector=pipeline.detector_name,
+        detector_settings=dict(pipeline.detector.settings),
+        recipe=pipeline.recipe.to_json(),
         embedding_size=loaded.plugin.embedding_size,
+        threshold=loaded.threshold,
     )
     if recorded is not None and not recorded.same_vectors(made):
         raise mismatch(gallery, recorded, made.describe())
-    return Pipeline(detector=detector, backbone=loaded, crop=crop), made
+    return pipeline, made
 
 
-def _choose(asked: Any, recorded: Any, default: Any) -> Any:
-    for value in (asked, recorded):
-        if value is not None:
-            return value
-    return default
+def _choose(*values: Any) -> Any:
+    """The first value that is not None (the user's, then the gallery's, then the default)."""
+    return next((value for value in values if value is not None), None)
 
 
-def _options_of(recorded: Provenance | None) -> dict[str, Any]:
+def _options_of(recorded: Provenance | None) -> dict[str, Any] | None:
     """The detector's factory options from its recorded settings (settings name the detector too)."""
     if recorded is None:
-        return {}
+        return None
     return {key: value for key, value in recorded.detector_settings.items() if key != "name"}

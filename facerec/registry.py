@@ -18,7 +18,7 @@ from facerec import hookspecs
 from facerec.errors import UsageError
 
 ENTRY_POINT_GROUP = "facerec"
-KINDS = ("backbone", "detector", "loss", "miner", "head")
+KINDS = ("backbone", "detector", "loss", "miner", "head", "aligner")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ checked on every later load; a user pins a file by writing its line there before
 
 from __future__ import annotations
 
+import bz2
 import hashlib
+import importlib.util
 import os
 import sys
 import tempfile
@@ -33,11 +35,19 @@ TIMEOUT = (10, 60)  # connect, read (seconds)
 
 @dataclass(frozen=True)
 class WeightFile:
-    """A downloadable weight file: where it lives, its name in the cache and, when known, its SHA-256."""
+    """A downloadable weight file: where it lives, its name in the cache and, when known, its SHA-256.
+
+    `compression` ("bz2") says the URL serves the file compressed; `sha256` is then that of the
+    decompressed file, which is what the cache holds. `package_file` names a copy that an installed Python
+    distribution may ship, as (import package, path inside it): when present and matching `sha256`, it is
+    used where it lies and nothing is downloaded.
+    """
 
     url: str
     filename: str
     sha256: str | None = None
+    compression: str | None = None
+    package_file: tuple[str, str] | None = None
 
 
 def cache_dir() -> Path:
@@ -74,15 +84,26 @@ def _progress(total: int | None, label: str):
     return tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not sys.stderr.isatty())
 
 
-def download(url: str, target: Path, sha256: str | None = None) -> str:
-    """Download `url` (mirrored) to `target` atomically; returns the SHA-256 of the bytes.
+def _decompressor(compression: str | None, source: str):
+    """An object whose `decompress(bytes)` turns downloaded blocks into the file's bytes."""
+    if compression is None:
+        return None
+    if compression == "bz2":
+        return bz2.BZ2Decompressor()
+    raise FacerecError(f"cannot download {source}: unknown compression '{compression}'")
 
-    Raises FacerecError naming the URL when the network or the server fails, or when `sha256` is given
-    and the bytes differ; `target` is then untouched.
+
+def download(url: str, target: Path, sha256: str | None = None, compression: str | None = None) -> str:
+    """Download `url` (mirrored) to `target` atomically, decompressing it as `compression` says;
+    returns the SHA-256 of the bytes written.
+
+    Raises FacerecError naming the URL when the network or the server fails, when the compressed stream
+    is broken, or when `sha256` is given and the bytes differ; `target` is then untouched.
     """
     source = mirrored(url)
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
+    decompressor = _decompressor(compression, source)
     fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -92,9 +113,15 @@ def download(url: str, target: Path, sha256: str | None = None) -> str:
                     size = int(response.headers.get("Content-Length") or 0) or None
                     with _progress(size, target.name) as bar:
                         for block in response.iter_content(CHUNK):
+                            bar.update(len(block))
+                            if decompressor is not None:
+                                block = _decompress(decompressor, block, source)
                             out.write(block)
                             digest.update(block)
-                            bar.update(len(block))
+                if decompressor is not None and not decompressor.eof:
+                    raise FacerecError(
+                        f"downloaded {source} ends before its {compression} stream does; not used"
+                    )
             except requests.RequestException as error:
                 raise FacerecError(
                     f"cannot download {source}: {_reason(error)}; put a copy at {target} (for a backbone, "
@@ -108,6 +135,13 @@ def download(url: str, target: Path, sha256: str | None = None) -> str:
     finally:
         if os.path.exists(temp_name):
             os.unlink(temp_name)
+
+
+def _decompress(decompressor, block: bytes, source: str) -> bytes:
+    try:
+        return decompressor.decompress(block)
+    except (OSError, EOFError, ValueError) as error:
+        raise FacerecError(f"downloaded {source} does not decompress ({error}); not used") from None
 
 
 def _reason(error: requests.RequestException) -> str:
@@ -140,8 +174,31 @@ def _record(folder: Path, filename: str, digest: str) -> None:
     write_atomically(folder / RECORD_NAME, lambda out: out.write(text.encode()))
 
 
+def installed_copy(weight: WeightFile) -> Path | None:
+    """The copy of `weight` an installed distribution ships, when there is one (its package is located,
+    not imported: importing may need more than the files)."""
+    if weight.package_file is None:
+        return None
+    package, relative = weight.package_file
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / relative
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def fetch(weight: WeightFile) -> tuple[Path, str]:
-    """The cached, verified file for `weight` (downloading it when missing) and its SHA-256."""
+    """The verified file for `weight` and its SHA-256: an installed copy, else the cached download
+    (downloading it when missing)."""
+    installed = installed_copy(weight)
+    if installed is not None and weight.sha256:
+        actual = sha256_file(installed)
+        if actual == weight.sha256.lower():
+            return installed, actual
     folder = cache_dir()
     target = folder / weight.filename
     expected = (weight.sha256 or recorded_sums(folder).get(weight.filename) or "").lower() or None
@@ -152,7 +209,7 @@ def fetch(weight: WeightFile) -> tuple[Path, str]:
                 f"{target} has SHA-256 {actual}, expected {expected}; delete it to download it again"
             )
     else:
-        actual = download(weight.url, target, expected)
+        actual = download(weight.url, target, expected, weight.compression)
     if not expected:
         _record(folder, weight.filename, actual)
     return target, actual

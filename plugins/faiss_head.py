@@ -34,7 +34,6 @@ RERANKED = 4  # the graph proposes RERANKED x k candidates for the exact re-rank
 PCA_SAMPLE = 65_536
 IVF_MIN_VECTORS = 2 * 39  # FAISS wants 39 training points a list, and a list of one is no index
 PCA_MIN_VECTORS = 1_000  # fewer cannot estimate 128 components; a graph on them is cheap at full size
-VGGFACE2_THRESHOLD = 1.0  # see README "Choosing a threshold"
 
 
 class FaissHead:
@@ -45,7 +44,7 @@ class FaissHead:
     millisecond a query on a million face-like vectors); `nprobe` tunes IVF (sqrt(N) lists).
     """
 
-    default_threshold = VGGFACE2_THRESHOLD
+    default_threshold = None  # a distance between embeddings: the weights' own (the gallery's provenance)
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import SHAPES, SHARED, make_seeded_weights
-from facerec.align import standardize
+from facerec.align import standardize_pictures
 from facerec.parts import Backbone
 from facerec.registry import registry
 from facerec.weights import load_state_dict
@@ -39,9 +39,8 @@ def backbone():
 @pytest.fixture(scope="session")
 def faces() -> torch.Tensor:
     """The four faces facenet-pytorch's MTCNN aligned, standardized as the reference input was."""
-    return torch.stack(
-        [standardize(Image.open(SHARED / path).convert("RGB")) for path in REFERENCE["images"]]
-    )
+    pictures = [Image.open(SHARED / path) for path in REFERENCE["images"]]
+    return standardize_pictures(pictures, registry().create("backbone", "inception-resnet").recipe)
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +58,15 @@ def salt3(backbone, tmp_path_factory):
 
 def test_plugin_declares_the_facenet_shapes_and_weight_files(backbone):
     assert isinstance(backbone, Backbone)
-    assert (backbone.input_size, backbone.embedding_size) == (160, 512)
+    assert (backbone.recipe.size, backbone.embedding_size) == (160, 512)
+    assert (backbone.recipe.mean, backbone.recipe.std, backbone.recipe.channels) == (
+        (127.5,) * 3,
+        (128.0,) * 3,
+        "RGB",
+    )
+    assert (backbone.recipe.aligner, dict(backbone.recipe.aligner_options)) == ("box", {"margin": 0.0})
+    assert backbone.default_pretrained == "vggface2"
+    assert dict(backbone.thresholds) == {"vggface2": 1.0, "casia-webface": 1.0}
     assert backbone.pretrained["vggface2"].url.endswith("/v2.2.9/20180402-114759-vggface2.pt")
     assert backbone.pretrained["vggface2"].filename == "20180402-114759-vggface2.pt"
     assert backbone.pretrained["casia-webface"].filename == "20180408-102900-casia-webface.pt"

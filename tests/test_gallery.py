@@ -209,6 +209,36 @@ def test_index_is_incremental_by_content_identifies_its_own_and_refuses_other_mo
     with pytest.raises(FacerecError, match="this gallery was made with inception-resnet with weights"):
         gallery.index(people, pretrained="casia-webface")
     with pytest.raises(
-        FacerecError, match=r"detector mtcnn.*cannot be searched or extended with --margin 10"
+        FacerecError, match=r"aligner box \(margin=0.0\); it cannot be searched or extended with .*margin=10"
     ):
-        gallery.index(people, margin=10.0)
+        gallery.index(people, aligner_options={"margin": 10.0})
+
+
+def test_a_gallery_written_before_input_recipes_still_identifies(tmp_path, models):
+    """Galleries recorded a `crop` (size, margin, align) and no threshold; they open with the recipe
+    that made them and the vggface2 threshold, and identify as before."""
+    import json
+    import sqlite3
+
+    people = small_people(tmp_path / "people")
+    gallery = facerec.api.open_gallery(tmp_path / "gallery", device="cpu")
+    gallery.index(people, weights=models)
+    photo = people / "obama" / "obama.jpg"
+    before = gallery.identify(photo)
+    snapshot = store.read(tmp_path / "gallery")
+    database, recorded = snapshot.folder / "gallery.sqlite", snapshot.provenance
+    snapshot.close()
+    old = {key: value for key, value in vars(recorded).items() if key not in ("recipe", "threshold")}
+    old["crop"] = {"size": 160, "margin": 0, "align": "box"}
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'provenance'", (json.dumps(old),))
+
+    reopened = store.read(tmp_path / "gallery")
+    assert reopened.provenance.recipe["aligner_options"] == {"margin": 0.0}
+    assert reopened.provenance.threshold is None
+    reopened.close()
+    after = facerec.api.open_gallery(tmp_path / "gallery", device="cpu").identify(photo)
+    assert [(f.identity, f.distance) for f in after] == [(f.identity, f.distance) for f in before]
+    assert after[0].identity == "obama"
+    again = facerec.api.open_gallery(tmp_path / "gallery", device="cpu").index(people)
+    assert again.embedded == 0  # the same models: nothing to redo

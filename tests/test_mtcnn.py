@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import MTCNN_URL_PATH, SHARED
-from facerec.align import ARCFACE_TEMPLATE_112, align_by_landmarks, similarity_transform
 from facerec.engine import Pipeline, load_backbone
 from facerec.errors import FacerecError, UsageError
 from facerec.images import load_image
 from facerec.registry import registry
+from facerec_plugins.box_aligner import BoxCrop
 from facerec_plugins.mtcnn import SummedAreaTable, batched_nms, iou, nms
 
 REFERENCE = json.loads((SHARED / "reference" / "pipeline.salt0.json").read_text())
@@ -79,7 +79,8 @@ def test_default_crops_embed_as_facenet_pytorch(mtcnn, seeded_weights):
         "faces/photos/two_people.jpg",
     ]
     backbone = load_backbone("inception-resnet", weights=seeded_weights, device="cpu")
-    results = list(Pipeline(detector=mtcnn, backbone=backbone).run([SHARED / name for name in names]))
+    pipeline = Pipeline(mtcnn, "mtcnn", BoxCrop(), backbone.plugin.recipe, backbone)
+    results = list(pipeline.run([SHARED / name for name in names]))
     for name, result in zip(names, results, strict=True):
         expected = np.array([face["embedding"] for face in PHOTOS[name]["faces"]])
         assert result.error is None
@@ -193,29 +194,3 @@ def test_area_resampling_matches_interpolate():
         window = image[:, :, top:bottom, left:right]
         expected = (F.interpolate(window, size=(24, 24), mode="area")[0] - 127.5) * 0.0078125
         assert torch.allclose(crop, expected, atol=1e-5)
-
-
-def test_similarity_transform_recovers_rotation_scale_and_shift():
-    angle = np.deg2rad(25)
-    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    moved = 1.7 * ARCFACE_TEMPLATE_112 @ rotation.T + [12.0, -3.0]
-    transform = similarity_transform(ARCFACE_TEMPLATE_112, moved)
-    np.testing.assert_allclose(transform, np.hstack([1.7 * rotation, [[12.0], [-3.0]]]), atol=1e-9)
-
-
-def test_alignment_moves_the_landmarks_onto_the_template():
-    """Five coloured dots placed as a tilted, shifted, enlarged face's landmarks end up on the template."""
-    template = ARCFACE_TEMPLATE_112 * 160 / 112
-    angle = np.deg2rad(-20)
-    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    landmarks = 1.4 * template @ rotation.T + [90.0, 60.0]
-    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
-    canvas = np.zeros((360, 420, 3), dtype=np.uint8)
-    for (x, y), colour in zip(landmarks.round().astype(int), colours, strict=True):
-        canvas[y - 2 : y + 3, x - 2 : x + 3] = colour
-    aligned = np.asarray(align_by_landmarks(Image.fromarray(canvas), landmarks, 160)).astype(int)
-    assert aligned.shape == (160, 160, 3)
-    for target, colour in zip(template, colours, strict=True):
-        ys, xs = np.nonzero(np.abs(aligned - colour).sum(2) < 120)  # the pixels of this dot
-        centre = np.array([xs.mean(), ys.mean()])
-        assert np.abs(centre - target).max() < 1.5

@@ -81,3 +81,48 @@ def test_unknown_part_name_lists_what_is_registered(cli, site):
     result = cli("embed", FACE, "--backbone", "nope", "--detector", "none", env=site)
     assert result.returncode == 2
     assert result.stderr.strip() == "Error: unknown backbone 'nope' (available: inception-resnet, tiny)"
+
+
+def test_a_third_party_recipe_decides_crops_and_tensors(cli, site, tmp_path):
+    """The example's `tiny` declares 64 px, the box aligner with margin 8, BGR and its own mean/std;
+    the core must crop and standardize exactly so (checked by redoing both here by hand)."""
+    import sys
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    photo = shrink_to(FACE, tmp_path / "face.png", (120, 150))
+    crops = tmp_path / "crops"
+    detect = cli("detect", photo, "--detector", "none", "--backbone", "tiny", "--save-crops", crops, env=site)
+    assert detect.returncode == 0, detect.stderr
+    crop = Image.open(crops / "face_1.png")
+    expected = Image.open(photo).convert("RGB").resize((64, 64), Image.BILINEAR)  # box + margin = image
+    assert crop.size == (64, 64) and np.array_equal(np.asarray(crop), np.asarray(expected))
+
+    embed = cli(
+        "embed", photo, "--backbone", "tiny", "--pretrained", "none", "--detector", "none", "--json", env=site
+    )
+    assert embed.returncode == 0, embed.stderr
+    vector = torch.tensor(json.loads(embed.stdout)["faces"][0]["embedding"])
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        from facerec_example import TinyBackbone
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    recipe = TinyBackbone.recipe
+    pixels = np.asarray(expected, dtype=np.float32)[..., ::-1]  # BGR
+    standardized = (pixels - np.float32(recipe.mean)) / np.float32(recipe.std)
+    torch.manual_seed(0)  # the engine's seed for untrained weights
+    network = TinyBackbone().build().eval()
+    with torch.no_grad():
+        by_hand = network(torch.from_numpy(standardized.transpose(2, 0, 1).copy())[None])[0]
+    assert (vector - by_hand).abs().max().item() < 1e-5
+
+
+def shrink_to(source: Path, target: Path, size: tuple[int, int]) -> Path:
+    """A copy of `source` resized to `size` (not square, so a wrong aspect or crop would show)."""
+    from PIL import Image
+
+    Image.open(source).convert("RGB").resize(size, Image.BILINEAR).save(target)
+    return target

@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import SHARED
 from facerec import gallery as store
-from facerec.engine import CropSettings, create_detector
+from facerec.engine import build_pipeline
 from facerec.errors import FacerecError, UsageError
 from facerec.registry import registry
 from facerec.training.augment import FaceAugment
@@ -50,7 +50,7 @@ def face_cache(tmp_path_factory, torch_home) -> Path:
     root = tmp_path_factory.getbasetemp() / "face-cache"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TORCH_HOME", str(torch_home))
-        cache = FaceCache(root, "mtcnn", create_detector("mtcnn"), CropSettings())
+        cache = FaceCache(root, build_pipeline(embed=False))
         images = sorted(KNN_TRAIN.glob("*/*"))
         from facerec.weights import sha256_file
 
@@ -141,8 +141,8 @@ def test_augmentation_is_a_function_of_its_seed():
 
 def test_face_cache_is_keyed_by_content_and_settings(face_cache, tmp_path, torch_home, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    cache = FaceCache(face_cache, "mtcnn", create_detector("mtcnn"), CropSettings())
-    other = FaceCache(face_cache, "mtcnn", create_detector("mtcnn"), CropSettings(margin=20))
+    cache = FaceCache(face_cache, build_pipeline(embed=False))
+    other = FaceCache(face_cache, build_pipeline(aligner_options={"margin": 20}, embed=False))
     assert cache.folder != other.folder
     copy = tmp_path / "renamed.jpg"
     copy.write_bytes((KNN_TRAIN / "biden" / "biden.jpg").read_bytes())

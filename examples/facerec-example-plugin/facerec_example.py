@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional
 
 import facerec
+from facerec.parts import InputRecipe
 from facerec.weights import WeightFile
 
 
@@ -41,13 +42,27 @@ class TinyNet(nn.Module):
 class TinyBackbone:
     """What facerec needs to know about the network (see facerec.parts.Backbone)."""
 
-    input_size = 64
+    # How a detected face becomes this network's input: facerec's `box` aligner cuts the box with 8
+    # pixels of margin at 64x64; the core then orders channels BGR and standardizes each with its own
+    # mean and std (Caffe's ImageNet values), so `forward` receives ready numbers.
+    recipe = InputRecipe(
+        size=64,
+        aligner="box",
+        aligner_options={"margin": 8},
+        mean=(104.0, 117.0, 123.0),
+        std=(58.4, 57.1, 57.4),
+        channels="BGR",
+    )
     embedding_size = 128
 
     def __init__(self) -> None:
-        # Named downloadable weights, e.g. {"v1": WeightFile(url, "tiny-v1.pt", sha256)}; this example
-        # publishes none, so users pass --weights FILE or --pretrained none.
+        # Named downloadable weights, e.g. {"v1": WeightFile(url, "tiny-v1.pt", sha256)}, the name used
+        # when the user names none, and each named weights' same-person distance between unit
+        # embeddings (identify's default threshold). This example publishes none, so users pass
+        # --weights FILE or --pretrained none, and --threshold when identifying.
         self.pretrained: dict[str, WeightFile] = {}
+        self.default_pretrained: str | None = None
+        self.thresholds: dict[str, float] = {}
 
     def build(self, state_dict=None) -> nn.Module:
         network = TinyNet(self.embedding_size)
@@ -73,4 +88,4 @@ def register_commands(cli):
     def tiny_info():
         """Show the size of the tiny backbone."""
         parameters = sum(p.numel() for p in TinyBackbone().build().parameters())
-        click.echo(f"tiny: {parameters} parameters, {TinyBackbone.input_size}px in, 128-d out")
+        click.echo(f"tiny: {parameters} parameters, {TinyBackbone.recipe.size}px in, 128-d out")

@@ -10,7 +10,6 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -69,77 +68,6 @@ def warn(message: str) -> None:
     click.echo(" ".join(str(message).split("\n")), err=True)
 
 
-def parse_options(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
-    """`KEY=VALUE` pairs to keyword options; values are JSON when they parse as JSON, else strings."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{option}: expected KEY=VALUE, got '{pair}'")
-        try:
-            options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.replace("-", "_")] = value
-    return options
-
-
-def backbone_options(command: Callable) -> Callable:
-    """--backbone, --pretrained, --weights and --device, shared by every command that embeds."""
-    for option in reversed(
-        [
-            click.option(
-                "--backbone", default="inception-resnet", show_default=True, help="Registered backbone."
-            ),
-            click.option(
-                "--pretrained",
-                default="vggface2",
-                show_default=True,
-                help="Named pretrained weights of the backbone (vggface2, casia-webface) or none.",
-            ),
-            click.option(
-                "--weights",
-                type=click.Path(dir_okay=False),
-                help="A state-dict file in the backbone's layout; overrides --pretrained.",
-            ),
-            click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto."),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-def detector_options(command: Callable) -> Callable:
-    """--detector, -D KEY=VALUE, --margin and --align, shared by every command that detects."""
-    for option in reversed(
-        [
-            click.option("--detector", default="mtcnn", show_default=True, help="Registered detector."),
-            click.option(
-                "-D",
-                "--detector-option",
-                "detector_options",
-                multiple=True,
-                metavar="KEY=VALUE",
-                help="Detector option, e.g. -D min_face_size=40 (repeatable).",
-            ),
-            click.option(
-                "--margin",
-                default=0.0,
-                show_default=True,
-                help="Pixels of margin around the box (facenet-pytorch).",
-            ),
-            click.option(
-                "--align",
-                type=click.Choice(["box", "landmarks"]),
-                default="box",
-                show_default=True,
-                help="Crop the box as facenet-pytorch does, or align by the five landmarks.",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; exit 0 on success, 2 on bad usage, 1 on failure, with one line on stderr."""
     try:
@@ -174,24 +102,14 @@ def main(args: list[str] | None = None) -> None:
     sys.exit(status if isinstance(status, int) else 0)
 
 
-def make_pipeline(
-    detector: str,
-    detector_options: tuple[str, ...],
-    margin: float,
-    align: str,
-    backbone: dict[str, Any] | None = None,
-) -> Any:
-    """The engine's Pipeline from the shared command-line options.
+def make_pipeline(params: dict[str, Any], embed: bool) -> Any:
+    """The engine's Pipeline from a command's model, detector and aligner options (see
+    facerec.cli.options); the detector and aligner are built first, so a bad option is reported before
+    any weights are downloaded."""
+    from facerec.cli.options import pipeline_arguments
+    from facerec.engine import build_pipeline
 
-    `backbone` holds load_backbone's arguments; the detector is built first so that a bad option is
-    reported before any weights are downloaded.
-    """
-    from facerec.engine import CropSettings, Pipeline, create_detector, load_backbone
-
-    found = create_detector(detector, parse_options(detector_options, "--detector-option"))
-    loaded = load_backbone(**backbone) if backbone is not None else None
-    size = loaded.plugin.input_size if loaded is not None else CropSettings.size
-    return Pipeline(detector=found, backbone=loaded, crop=CropSettings(size=size, margin=margin, align=align))
+    return build_pipeline(embed=embed, **pipeline_arguments(params))
 
 
 def each_result(pipeline: Any, images: tuple[str, ...]) -> Any:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from facerec.cli import backbone_options, warn
+from facerec.cli import warn
 from facerec.cli.identify import show
-from facerec.cli.index import explicit_models, gallery_option, summary
+from facerec.cli.index import summary
+from facerec.cli.options import backbone_options, explicit_models, gallery_option
 from facerec.demo import GALLERY_DIR, PHOTOS_DIR
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from facerec.cli import detector_options, each_result, echo_json, make_pipeline
+from facerec.cli import each_result, echo_json, make_pipeline
+from facerec.cli.options import aligner_options, detector_options
 from facerec.engine import ImageResult
 from facerec.errors import FacerecError
 from facerec.faces import Face
@@ -16,15 +17,24 @@ from facerec.faces import Face
 @click.command(name="detect")
 @click.argument("images", nargs=-1, required=True)
 @detector_options
+@aligner_options
+@click.option(
+    "--backbone",
+    default="inception-resnet",
+    show_default=True,
+    help="The backbone whose input recipe (size, aligner) makes the --save-crops pictures.",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per image.")
 @click.option(
     "--save-crops",
     type=click.Path(file_okay=False),
-    help="Write each face, cropped or aligned as --align says, as DIR/<image name>_<n>.png (n=1 largest).",
+    help="Write each face as the backbone takes it (its recipe's aligner and size, or --aligner's) as "
+    "DIR/<image name>_<n>.png (n=1 largest).",
 )
-def command(images, detector, detector_options, margin, align, as_json, save_crops):
+@click.pass_context
+def command(ctx, images, as_json, save_crops, **_models):
     """Detect the faces in IMAGES: box [x1, y1, x2, y2], score and five landmarks each, largest first."""
-    pipeline = make_pipeline(detector, detector_options, margin, align)
+    pipeline = make_pipeline(ctx.params, embed=False)
     crops = CropWriter(Path(save_crops)) if save_crops else None
     for result in each_result(pipeline, images):
         if crops is not None and result.error is None:

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import click
 
-from facerec.cli import backbone_options, detector_options, each_result, echo_json, make_pipeline
+from facerec.cli import each_result, echo_json, make_pipeline
+from facerec.cli.options import aligner_options, backbone_options, detector_options
 
 
 @click.command(name="embed")
 @click.argument("images", nargs=-1, required=True)
 @backbone_options
 @detector_options
+@aligner_options
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per image.")
-def command(
-    images, backbone, pretrained, weights, device, detector, detector_options, margin, align, as_json
-):
+@click.pass_context
+def command(ctx, images, as_json, **_models):
     """Embed every face in IMAGES (use --detector none for aligned face crops)."""
-    model = {"name": backbone, "pretrained": pretrained, "weights": weights, "device": device}
-    pipeline = make_pipeline(detector, detector_options, margin, align, model)
+    pipeline = make_pipeline(ctx.params, embed=True)
     for result in each_result(pipeline, images):
         if as_json:
             echo_json(result.to_json())

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from facerec.cli import backbone_options, detector_options, parse_options, warn
+from facerec.cli import make_pipeline, warn
+from facerec.cli.options import (
+    aligner_options,
+    backbone_options,
+    detector_options,
+    face_cache_option,
+    out_option,
+    seed_option,
+)
 
 DEFAULT_OUT = Path(".facerec") / "evaluation"
 
@@ -16,6 +24,7 @@ DEFAULT_OUT = Path(".facerec") / "evaluation"
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @backbone_options
 @detector_options
+@aligner_options
 @click.option(
     "--pairs",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -34,62 +43,34 @@ DEFAULT_OUT = Path(".facerec") / "evaluation"
     help="Cross-validation folds for the accuracy [default: 10, or as the pairs file says].",
 )
 @click.option("--far", type=click.FloatRange(0, 1), default=1e-3, show_default=True, help="FAR for TAR@FAR.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the impostor sample.")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_OUT,
-    show_default=True,
-    help="Folder for metrics.json and roc.png.",
-)
-@click.option(
-    "--face-cache",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where face crops are cached [default: $XDG_CACHE_HOME/facerec/faces].",
-)
+@seed_option("Seed of the impostor sample.")
+@out_option(DEFAULT_OUT, "Folder for metrics.json and roc.png.")
+@face_cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json on stdout instead of a summary.")
-def command(
-    data,
-    backbone,
-    pretrained,
-    weights,
-    device,
-    detector,
-    detector_options,
-    margin,
-    align,
-    pairs,
-    impostors,
-    folds,
-    far,
-    seed,
-    out,
-    face_cache,
-    as_json,
-):
+@click.pass_context
+def command(ctx, data, pairs, impostors, folds, far, seed, out, face_cache, as_json, **_models):
     """Evaluate a model on DATA/<identity>/<image> (or on an LFW pairs file with --pairs).
 
     Verification: ROC, AUC, accuracy at the best threshold in 10-fold cross-validation (FaceNet's LFW
     protocol) and TAR at --far. Identification (folders only): the first image of each identity is its
     gallery entry, the others are probes; rank-1 accuracy.
     """
-    from facerec.engine import CropSettings, create_detector, load_backbone
     from facerec.training.assess import evaluate_folder, evaluate_pairs, write_results
     from facerec.training.facecache import FaceCache, default_root
 
-    found = create_detector(detector, parse_options(detector_options, "--detector-option"))
-    loaded = load_backbone(backbone, pretrained, weights, device)
-    crop = CropSettings(size=loaded.plugin.input_size, margin=margin, align=align)
-    cache = FaceCache(face_cache or default_root(), detector, found, crop)
+    pipeline = make_pipeline(ctx.params, embed=True)
+    loaded = pipeline.backbone
+    cache = FaceCache(face_cache or default_root(), pipeline)
     if pairs is not None:
         metrics = evaluate_pairs(cache, loaded, pairs, Path(data), folds, far, warn)
     else:
         metrics = evaluate_folder(cache, loaded, Path(data), impostors, folds or 10, far, seed, warn)
     metrics["model"] = {
-        "backbone": backbone,
-        "weights": weights or pretrained,
+        "backbone": loaded.name,
+        "weights": ctx.params["weights"] or loaded.pretrained,
         "weights_sha256": loaded.weights_sha256,
-        "detector": detector,
+        "detector": pipeline.detector_name,
+        "recipe": pipeline.recipe.to_json(),
     }
     write_results(out, metrics)
     if as_json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from facerec.cli import echo_json
-from facerec.cli.index import gallery_option
+from facerec.cli.options import gallery_option
 from facerec.errors import FacerecError
 
 

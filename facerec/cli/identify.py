@@ -8,8 +8,14 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from facerec.cli import backbone_options, detector_options, echo_json, warn
-from facerec.cli.index import explicit_models, gallery_option
+from facerec.cli import echo_json, warn
+from facerec.cli.options import (
+    aligner_options,
+    backbone_options,
+    detector_options,
+    explicit_models,
+    gallery_option,
+)
 from facerec.identify import DEFAULT_TOP_K, IdentifiedImage
 
 UNKNOWN = "unknown"
@@ -22,8 +28,9 @@ UNKNOWN = "unknown"
     "--threshold",
     type=float,
     help="Largest distance at which the nearest identity is accepted; beyond it the face is unknown. "
-    "Default: the head's (faiss: 1.0, Euclidean between unit embeddings, for vggface2; "
-    "classifier: 0.5, i.e. probability at least 0.5).",
+    "Default: for the faiss head, the same-person distance the gallery's weights declare (Euclidean "
+    "between unit embeddings: vggface2 1.0, dlib-v1 0.6); for the classifier head 0.5 (probability "
+    "at least 0.5).",
 )
 @click.option(
     "--top-k", type=click.IntRange(min=1), default=DEFAULT_TOP_K, show_default=True, help="Candidates."
@@ -37,6 +44,7 @@ UNKNOWN = "unknown"
 )
 @backbone_options
 @detector_options
+@aligner_options
 @click.pass_context
 def command(ctx, images, gallery, threshold, top_k, as_json, annotate, device, **_models):
     """Identify every face in IMAGES against the gallery.

@@ -6,38 +6,17 @@ import sys
 from pathlib import Path
 
 import click
-from click.core import ParameterSource
 
-from facerec.cli import backbone_options, detector_options, parse_options, warn
+from facerec.cli import warn
+from facerec.cli.options import (
+    aligner_options,
+    backbone_options,
+    detector_options,
+    explicit_models,
+    gallery_option,
+    parse_options,
+)
 from facerec.errors import FacerecError
-
-MODEL_OPTIONS = ("backbone", "pretrained", "weights", "detector", "detector_options", "margin", "align")
-
-
-def gallery_option(command):
-    return click.option(
-        "--gallery",
-        envvar="FACEREC_GALLERY",
-        default=".facerec/gallery",
-        show_default=True,
-        type=click.Path(path_type=Path),
-        help="The gallery folder (also FACEREC_GALLERY).",
-    )(command)
-
-
-def explicit_models(ctx: click.Context) -> dict:
-    """The model options the user actually gave, as the API's keyword arguments.
-
-    A gallery fixes the models that made its vectors, so the shared options' defaults must not count
-    as a request for other models: what is not given comes from the gallery's record.
-    """
-    given = {}
-    for name in MODEL_OPTIONS:
-        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
-            given[name] = ctx.params[name]
-    if "detector_options" in given:
-        given["detector_options"] = parse_options(given["detector_options"], "--detector-option")
-    return given
 
 
 @click.command(name="index")
@@ -45,6 +24,7 @@ def explicit_models(ctx: click.Context) -> dict:
 @gallery_option
 @backbone_options
 @detector_options
+@aligner_options
 @click.option(
     "--head",
     help="How identities are told apart: faiss (nearest neighbours) or classifier (softmax). "
@@ -64,8 +44,8 @@ def command(ctx, folder, gallery, device, head, head_option, **_models):
 
     The identity is the folder name. An image with several faces enrolls the largest; one with none,
     or unreadable, is named on stderr and skipped. Re-running embeds only new or changed images and
-    forgets deleted ones. Model options default to the gallery's (a new gallery: inception-resnet,
-    vggface2, mtcnn); options that differ from the gallery's are refused.
+    forgets deleted ones. Model options default to the gallery's (a new gallery: inception-resnet with
+    vggface2 weights, mtcnn, the backbone's aligner); options that differ from the gallery's are refused.
     """
     from facerec.api import open_gallery
 

@@ -9,26 +9,43 @@ from pathlib import Path
 
 import click
 
-from facerec.cli import backbone_options, detector_options, parse_options, warn
-from facerec.cli.index import explicit_models, gallery_option
+from facerec.cli import warn
+from facerec.cli.options import (
+    aligner_choice,
+    aligner_options,
+    backbone_options,
+    detector_options,
+    explicit_models,
+    face_cache_option,
+    gallery_option,
+    given,
+    out_option,
+    parse_options,
+    seed_option,
+)
 from facerec.errors import UsageError
 from facerec.training.trainer import NOTHING_FROZEN, OPTIMIZERS, TrainSettings
 
 DEFAULT_RUN = Path(".facerec") / "run"
 HEAD_OPTIONS = {"lr": "lr", "batch_size": "batch_size", "epochs": "epochs", "seed": "seed"}
-MODEL_SETTINGS = ("backbone", "pretrained", "weights", "detector", "detector_options", "margin", "align")
+MODEL_SETTINGS = (
+    "backbone",
+    "pretrained",
+    "weights",
+    "detector",
+    "detector_options",
+    "aligner",
+    "aligner_options",
+)
 SETTING_NAMES = {f.name for f in fields(TrainSettings)}
-OPTION_OF = {
-    "miner_options": "miner_option",
-    "loss_options": "loss_option",
-    "detector_options": "detector_options",
-}
+OPTION_OF = {"miner_options": "miner_option", "loss_options": "loss_option"}
 
 
 @click.command(name="train")
 @click.argument("data", type=click.Path(file_okay=False))
 @backbone_options
 @detector_options
+@aligner_options
 @click.option(
     "--miner", default="dict", show_default=True, help="Registered miner: dict, batch-hard, semi-hard."
 )
@@ -64,16 +81,8 @@ OPTION_OF = {
     help="Keep the backbone's layers up to and including LAYER fixed (e.g. block8); none trains all.",
 )
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Flip, crop and jitter faces.")
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of every random choice of the run."
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_RUN,
-    show_default=True,
-    help="Run folder: metrics.jsonl, backbone.pt, checkpoint.pt, loss.png.",
-)
+@seed_option("Seed of every random choice of the run.")
+@out_option(DEFAULT_RUN, "Run folder: metrics.jsonl, backbone.pt, checkpoint.pt, loss.png.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out at its next epoch, up to --epochs.")
 @click.option("--check", is_flag=True, help="Run one step on one batch, verify data and loss, write nothing.")
 @click.option(
@@ -82,11 +91,7 @@ OPTION_OF = {
     "--lr, --batch-size, --epochs and --seed become the head's options.",
 )
 @gallery_option
-@click.option(
-    "--face-cache",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where face crops are cached [default: $XDG_CACHE_HOME/facerec/faces].",
-)
+@face_cache_option
 @click.pass_context
 def command(ctx, data, out, resume, check, head, gallery, face_cache, device, **options):
     """Fine-tune the backbone on DATA/<identity>/<image> with triplets.
@@ -95,9 +100,11 @@ def command(ctx, data, out, resume, check, head, gallery, face_cache, device, **
     in-batch miners take them from batches of --per-identity images of each identity. With --head, DATA
     is enrolled into --gallery and the head is trained on the gallery's embeddings.
     """
-    given = {name for name in SETTING_NAMES if _given(ctx, OPTION_OF.get(name, name))}
+    chosen = {name for name in SETTING_NAMES if given(ctx, OPTION_OF.get(name, name))}
+    if any(given(ctx, name) for name in ("aligner", "aligner_options", "margin", "align")):
+        chosen |= {"aligner", "aligner_options"}
     if head is not None:
-        train_head_command(ctx, data, out, resume, check, head, gallery, device, given)
+        train_head_command(ctx, data, out, resume, check, head, gallery, device, chosen)
         return
     from facerec.training.trainer import check as check_run
     from facerec.training.trainer import train
@@ -107,7 +114,7 @@ def command(ctx, data, out, resume, check, head, gallery, face_cache, device, **
         for line in check_run(settings, device, face_cache, warn).lines():
             click.echo(line)
         return
-    train(settings, out, resume, device, face_cache, warn, click.echo, given - {"epochs"})
+    train(settings, out, resume, device, face_cache, warn, click.echo, chosen - {"epochs"})
 
 
 def train_head_command(ctx, data, out, resume, check, head, gallery, device, given) -> None:
@@ -130,12 +137,8 @@ def settings_from(data: str, options: dict) -> TrainSettings:
     values["miner_options"] = parse_options(options["miner_option"], "--miner-option")
     values["loss_options"] = parse_options(options["loss_option"], "--loss-option")
     values["detector_options"] = parse_options(options["detector_options"], "--detector-option")
-    return TrainSettings(data=data, **values)
-
-
-def _given(ctx: click.Context, parameter: str) -> bool:
-    source = ctx.get_parameter_source(parameter)
-    return source is not None and source not in (
-        click.core.ParameterSource.DEFAULT,
-        click.core.ParameterSource.DEFAULT_MAP,
+    aligner, aligner_options = aligner_choice(
+        options["aligner"], options["aligner_options"], options["margin"], options["align"]
     )
+    values["aligner"], values["aligner_options"] = aligner, aligner_options or {}
+    return TrainSettings(data=data, **values)

@@ -41,7 +41,7 @@ def embed_images(
     found = {}
     for start in range(0, len(kept), EMBED_BATCH):
         chunk = kept[start : start + EMBED_BATCH]
-        vectors = backbone.embed(read_faces([crop for _, crop in chunk])).numpy()
+        vectors = backbone.embed(read_faces([crop for _, crop in chunk], cache.pipeline.recipe)).numpy()
         found.update((path, vector) for (path, _), vector in zip(chunk, vectors, strict=True))
     return found
 

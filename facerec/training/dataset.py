@@ -1,7 +1,8 @@
 """A labelled folder of faces, `DIR/<identity>/<image>`, as the network's input tensors.
 
 The folder is read as `facerec index` reads it (`facerec.enroll.scan`). Images go through the face cache,
-so a dataset is detected once; a batch is then only PNG decoding, augmentation and standardization.
+so a dataset is detected once; a batch is then only PNG decoding, augmentation and standardization as
+the backbone's recipe says.
 """
 
 from __future__ import annotations
@@ -14,18 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from facerec.align import standardize
 from facerec.enroll import scan
+from facerec.parts import InputRecipe
 from facerec.training.augment import FaceAugment
 from facerec.training.facecache import FaceCache
-
-
-def standardized(faces: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 faces to the network's (N, 3, H, W) input, `(pixel - 127.5) / 128`, as
-    facenet-pytorch does (in numpy: torch's threads would spend longer starting than working here).
-    """
-    return (
-        torch.from_numpy(np.ascontiguousarray(faces.transpose(0, 3, 1, 2), dtype=np.float32)) - 127.5
-    ) / 128.0
 
 
 @dataclass
@@ -35,6 +29,7 @@ class FaceDataset:
     crops: list[Path]
     labels: torch.Tensor
     identities: list[str]
+    recipe: InputRecipe
 
     @classmethod
     def from_folder(cls, root: Path, cache: FaceCache, report: Callable[[str], None]) -> FaceDataset:
@@ -50,6 +45,7 @@ class FaceDataset:
             crops=[crop for crop, _ in kept],
             labels=torch.tensor([label_of[name] for _, name in kept], dtype=torch.long),
             identities=identities,
+            recipe=cache.pipeline.recipe,
         )
 
     def __len__(self) -> int:
@@ -59,14 +55,14 @@ class FaceDataset:
         self, indices: Sequence[int], augment: FaceAugment | None = None, seeds: Sequence[int] = ()
     ) -> torch.Tensor:
         """The faces at `indices`, as `read_faces` gives them."""
-        return read_faces([self.crops[int(index)] for index in indices], augment, seeds)
+        return read_faces([self.crops[int(index)] for index in indices], self.recipe, augment, seeds)
 
 
 def read_faces(
-    crops: Sequence[Path], augment: FaceAugment | None = None, seeds: Sequence[int] = ()
+    crops: Sequence[Path], recipe: InputRecipe, augment: FaceAugment | None = None, seeds: Sequence[int] = ()
 ) -> torch.Tensor:
-    """Standardized (N, 3, S, S) faces from crop PNGs; with `augment`, face i is augmented with a
-    generator seeded with `seeds[i]`.
+    """Standardized (N, 3, S, S) faces from crop PNGs, as `recipe` says; with `augment`, face i is
+    augmented with a generator seeded with `seeds[i]`.
     """
     faces = []
     for position, crop in enumerate(crops):
@@ -75,4 +71,4 @@ def read_faces(
         if augment is not None:
             face = augment(face, torch.Generator().manual_seed(seeds[position]))
         faces.append(np.asarray(face))
-    return standardized(np.stack(faces))
+    return standardize(np.stack(faces), recipe)

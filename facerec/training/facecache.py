@@ -1,7 +1,7 @@
 """Face crops detected once per image and kept on disk, so training epochs never run the detector.
 
 A crop is stored as a PNG named by the SHA-256 of the image file's bytes, in a folder named by a hash of
-the detector's name and settings and the crop settings: an edited image or other detector settings make
+the detector's name and settings and the backbone's input recipe (aligner, size and the rest): an edited image or other detector settings make
 new crops, a renamed or copied image reuses its crop. An image without a usable face gets a `.none` file
 holding the reason, so it is not detected again. Files are written to a temporary name and renamed.
 """
@@ -12,12 +12,10 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 from facerec.atomic import write_atomically
-from facerec.engine import CropSettings, Pipeline
-from facerec.parts import Detector
+from facerec.engine import Pipeline
 
 
 def default_root() -> Path:
@@ -26,20 +24,23 @@ def default_root() -> Path:
     return Path(cache) / "facerec" / "faces"
 
 
-def settings_key(detector_name: str, detector: Detector, crop: CropSettings) -> dict:
-    """Everything that decides how an image becomes a crop."""
-    crop_settings = {**asdict(crop), "margin": float(crop.margin)}  # 0 and 0.0 crop alike
-    return {"detector": detector_name, "settings": dict(detector.settings), "crop": crop_settings}
+def settings_key(pipeline: Pipeline) -> dict:
+    """Everything that decides how an image becomes a crop, and how a crop becomes the network's input."""
+    return {
+        "detector": pipeline.detector_name,
+        "settings": dict(pipeline.detector.settings),
+        "recipe": pipeline.recipe.to_json(),
+    }
 
 
 class FaceCache:
-    """The crops of one detector and crop setting under `root`."""
+    """The crops that `pipeline` (a detector and an aligner, no backbone needed) makes, under `root`."""
 
-    def __init__(self, root: Path, detector_name: str, detector: Detector, crop: CropSettings):
-        key = settings_key(detector_name, detector, crop)
+    def __init__(self, root: Path, pipeline: Pipeline):
+        key = settings_key(pipeline)
         text = json.dumps(key, sort_keys=True)
         self.folder = Path(root) / hashlib.sha256(text.encode()).hexdigest()[:16]
-        self.pipeline = Pipeline(detector=detector, crop=crop)
+        self.pipeline = pipeline
         self.key = key
 
     def crops(self, images: Sequence[tuple[str, str]], report: Callable[[str], None]) -> list[Path | None]:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from facerec.engine import CropSettings, create_detector, load_backbone, resolve_device
+from facerec.engine import build_pipeline, load_backbone, resolve_device
 from facerec.errors import FacerecError, UsageError
 from facerec.parts import Backbone, DatasetMiner, Loss, Miner, Triplets
 from facerec.registry import registry
@@ -46,7 +46,7 @@ class TrainSettings:
 
     data: str
     backbone: str = "inception-resnet"
-    pretrained: str = "vggface2"
+    pretrained: str | None = None  # the backbone's default weights
     weights: str | None = None
     miner: str = "dict"
     miner_options: dict[str, Any] = field(default_factory=dict)
@@ -62,8 +62,8 @@ class TrainSettings:
     seed: int = 0
     detector: str = "mtcnn"
     detector_options: dict[str, Any] = field(default_factory=dict)
-    margin: float = 0.0
-    align: str = "box"
+    aligner: str | None = None  # the backbone's recipe's
+    aligner_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,12 +114,19 @@ def mixed_precision(device: torch.device) -> tuple[Any, torch.amp.GradScaler]:
 
 
 def load_faces(
-    settings: TrainSettings, input_size: int, cache_root: Path, processes: Processes, report: Report
+    settings: TrainSettings, cache_root: Path, processes: Processes, report: Report
 ) -> FaceDataset:
-    """The dataset's faces, detected once into the face cache (by the first process; the others wait)."""
-    detector = create_detector(settings.detector, settings.detector_options)
-    crop = CropSettings(size=input_size, margin=settings.margin, align=settings.align)
-    cache = FaceCache(cache_root, settings.detector, detector, crop)
+    """The dataset's faces as the backbone's recipe makes them, detected once into the face cache (by
+    the first process; the others wait)."""
+    pipeline = build_pipeline(
+        settings.detector,
+        settings.detector_options,
+        settings.backbone,
+        settings.aligner,
+        settings.aligner_options,
+        embed=False,
+    )
+    cache = FaceCache(cache_root, pipeline)
     if not processes.writer:
         processes.barrier()
     dataset = FaceDataset.from_folder(Path(settings.data), cache, report if processes.writer else _silent)
@@ -163,7 +170,7 @@ class Trainer:
         self.miner: Miner = registry().create("miner", settings.miner, **settings.miner_options)
         self.loss: Loss = registry().create("loss", settings.loss, **settings.loss_options)
         self.backbone: Backbone = registry().create("backbone", settings.backbone)
-        self.dataset = load_faces(settings, self.backbone.input_size, cache_root, processes, report)
+        self.dataset = load_faces(settings, cache_root, processes, report)
         self.network = self._network(checkpoint)
         self.index = label_index(self.dataset.labels)
         if isinstance(self.miner, DatasetMiner):
@@ -296,6 +303,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "sampler": {"seed": torch.tensor(self.settings.seed), "batches_per_epoch": len(self.sampler)},
             "identities": self.dataset.identities,
+            "recipe": self.dataset.recipe.to_json(),  # how faces became the network's input
         }
 
 
@@ -367,6 +375,7 @@ def _resumed_settings(
     recorded: dict[str, Any], asked: TrainSettings, given: set[str], run: RunFolder
 ) -> TrainSettings:
     """The recorded settings with this data folder and epoch count; explicit options must agree."""
+    recorded = upgraded(recorded)
     for name in sorted(given - {"data", "epochs"}):
         if getattr(asked, name) != recorded.get(name):
             option = "--" + name.replace("_", "-")
@@ -374,7 +383,19 @@ def _resumed_settings(
                 f"{option} {getattr(asked, name)} differs from the run's {recorded.get(name)} "
                 f"({run.checkpoint}); --resume continues a run with its own settings"
             )
-    return TrainSettings(**{**recorded, "data": asked.data, "epochs": asked.epochs})
+    return TrainSettings(**{**upgraded(recorded), "data": asked.data, "epochs": asked.epochs})
+
+
+def upgraded(recorded: dict[str, Any]) -> dict[str, Any]:
+    """Settings recorded before input recipes: `margin` and `align` named the crop."""
+    recorded = dict(recorded)
+    margin, align = recorded.pop("margin", None), recorded.pop("align", None)
+    if align == "landmarks":
+        recorded.setdefault("aligner", "landmarks")
+    elif margin:
+        recorded.setdefault("aligner", "box")
+        recorded.setdefault("aligner_options", {"margin": float(margin)})
+    return recorded
 
 
 def _checkpoint_to_resume(run: RunFolder, resume: bool) -> dict[str, Any] | None:

@@ -1,0 +1,181 @@
+"""The Click options commands share, defined once: models (backbone, detector, aligner), run folders,
+the face cache, seeds; and the reading of what a user gave explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from facerec.errors import UsageError
+
+MODEL_PARAMETERS = ("backbone", "pretrained", "weights", "detector", "detector_options")
+ALIGNER_PARAMETERS = ("aligner", "aligner_options", "margin", "align")
+
+
+def _stacked(*options: Callable) -> Callable:
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+backbone_options = _stacked(
+    click.option("--backbone", default="inception-resnet", show_default=True, help="Registered backbone."),
+    click.option(
+        "--pretrained",
+        help="Named pretrained weights of the backbone (inception-resnet: vggface2, casia-webface; "
+        "dlib-resnet: dlib-v1), or none [default: the backbone's own].",
+    ),
+    click.option(
+        "--weights",
+        type=click.Path(dir_okay=False),
+        help="A state-dict file in the backbone's layout; overrides --pretrained.",
+    ),
+    click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto."),
+)
+
+detector_options = _stacked(
+    click.option("--detector", default="mtcnn", show_default=True, help="Registered detector."),
+    click.option(
+        "-D",
+        "--detector-option",
+        "detector_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Detector option, e.g. -D min_face_size=40 (repeatable).",
+    ),
+)
+
+aligner_options = _stacked(
+    click.option(
+        "--aligner",
+        help="Registered aligner: box, landmarks, dlib-5point [default: the backbone's recipe's].",
+    ),
+    click.option(
+        "-A",
+        "--aligner-option",
+        "aligner_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Aligner option, e.g. -A margin=20 or -A padding=0.3 (repeatable).",
+    ),
+    click.option(
+        "--margin",
+        type=click.FloatRange(min=0),
+        help="Shorthand for --aligner box -A margin=PIXELS (facenet-pytorch's margin).",
+    ),
+    click.option(
+        "--align",
+        type=click.Choice(["box", "landmarks"]),
+        help="Shorthand for --aligner box or --aligner landmarks.",
+    ),
+)
+
+
+def out_option(default: Path, help: str) -> Callable:
+    return click.option(
+        "--out",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default,
+        show_default=True,
+        help=help,
+    )
+
+
+gallery_option = click.option(
+    "--gallery",
+    envvar="FACEREC_GALLERY",
+    default=".facerec/gallery",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="The gallery folder (also FACEREC_GALLERY).",
+)
+
+face_cache_option = click.option(
+    "--face-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where face crops are cached [default: $XDG_CACHE_HOME/facerec/faces].",
+)
+
+
+def seed_option(help: str) -> Callable:
+    return click.option("--seed", type=int, default=0, show_default=True, help=help)
+
+
+def parse_options(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
+    """`KEY=VALUE` pairs to keyword options; values are JSON when they parse as JSON, else strings."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{option}: expected KEY=VALUE, got '{pair}'")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+def aligner_choice(
+    aligner: str | None, pairs: tuple[str, ...], margin: float | None, align: str | None
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The aligner and its options from --aligner/-A and the shorthands --margin and --align; None for
+    what was not given (the backbone's recipe, or the gallery's, decides)."""
+    options = parse_options(pairs, "--aligner-option") if pairs else None
+    if align is not None:
+        if aligner is not None and aligner != align:
+            raise UsageError(f"--align {align} contradicts --aligner {aligner}")
+        aligner = align
+    if margin is not None:
+        if aligner not in (None, "box"):
+            raise UsageError(f"--margin is the box aligner's option, not aligner '{aligner}'s; use -A")
+        aligner, options = "box", {**(options or {}), "margin": margin}
+    return aligner, options
+
+
+def pipeline_arguments(params: dict[str, Any]) -> dict[str, Any]:
+    """facerec.engine.build_pipeline's arguments from a command's model, detector and aligner options."""
+    aligner, options = aligner_choice(
+        params.get("aligner"), params.get("aligner_options", ()), params.get("margin"), params.get("align")
+    )
+    found = {name: params[name] for name in ("backbone", "pretrained", "weights", "device") if name in params}
+    return {
+        **found,
+        "detector": params["detector"],
+        "detector_options": parse_options(params["detector_options"], "--detector-option"),
+        "aligner": aligner,
+        "aligner_options": options,
+    }
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave option `name` (not its default)."""
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+
+def explicit_models(ctx: click.Context) -> dict[str, Any]:
+    """The model options the user actually gave, as facerec.provenance.ModelRequest's fields.
+
+    A gallery fixes the models that made its vectors, so the shared options' defaults must not count
+    as a request for other models: what is not given comes from the gallery's record.
+    """
+    params = ctx.params
+    found = {name: params[name] for name in MODEL_PARAMETERS if name in params and given(ctx, name)}
+    if "detector_options" in found:
+        found["detector_options"] = parse_options(found["detector_options"], "--detector-option")
+    aligner, options = aligner_choice(
+        params.get("aligner"), params.get("aligner_options", ()), params.get("margin"), params.get("align")
+    )
+    if aligner is not None:
+        found["aligner"] = aligner
+    if options is not None:
+        found["aligner_options"] = options
+    return found
