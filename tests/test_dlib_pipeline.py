@@ -1,0 +1,86 @@
+"""face_recognition's models end to end: real photos, real weights (face_recognition_models), the CLI.
+
+facerec with `--backbone dlib-resnet` must recognise the demo's people as face_recognition does, and
+its detect -> align -> embed pipeline must give face_recognition's encodings.
+"""
+
+from __future__ import annotations
+
+import json
+
+import face_recognition
+import numpy as np
+import pytest
+from gallery_support import KNN, shrink, small_people, weights_cache
+from PIL import Image
+
+from conftest import SHARED, run_cli
+from facerec.align import standardize_pictures
+from facerec.engine import load_backbone
+from facerec.faces import Face
+from facerec.registry import registry
+
+# Who is in each of the demo's test photos (face_recognition's knn example); other faces are strangers.
+KNOWN = {
+    "alex_lacamoire1.jpg": {"alex_lacamoire"},
+    "johnsnow_test1.jpg": {"kit_harington"},
+    "kit_with_rose.jpg": {"kit_harington", "rose_leslie"},
+    "obama1.jpg": {"obama"},
+    "obama_and_biden.jpg": {"obama", "biden"},
+}
+TEST_PHOTO_SIZE = 1000  # small enough for speed, large enough for the strangers in obama_and_biden.jpg
+
+
+@pytest.fixture(scope="module")
+def identified(tmp_path_factory):
+    """The demo's people indexed with `--backbone dlib-resnet` alone, its test photos identified."""
+    root = tmp_path_factory.mktemp("dlib")
+    env = {"TORCH_HOME": str(weights_cache(root / "torch-home")), "FACEREC_MIRROR": "http://127.0.0.1:9"}
+    people, gallery = small_people(root / "people"), root / "gallery"
+    indexed = run_cli("index", people, "--gallery", gallery, "--backbone", "dlib-resnet", env=env)
+    assert indexed.returncode == 0, indexed.stderr
+    photos = [shrink(KNN / "test" / name, root / "test" / name, TEST_PHOTO_SIZE) for name in KNOWN]
+    result = run_cli("identify", *photos, "--gallery", gallery, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_every_known_face_gets_its_name_at_the_default_threshold(identified):
+    for record in identified:
+        expected = KNOWN[record["image"].rsplit("/", 1)[-1]]
+        names = [face["identity"] for face in record["faces"]]
+        assert sorted(name for name in names if name) == sorted(expected), record["image"]
+        for face in record["faces"]:
+            if face["identity"] is None:  # a stranger: nobody enrolled is near
+                assert face["distance"] > 0.4
+            else:
+                assert face["distance"] < 0.35
+
+
+def test_the_recipe_and_threshold_come_from_the_backbone():
+    backbone = registry().create("backbone", "dlib-resnet")
+    assert (backbone.recipe.size, backbone.recipe.aligner, backbone.recipe.std) == (
+        150,
+        "dlib-5point",
+        (256.0,) * 3,
+    )
+    assert backbone.default_pretrained == "dlib-v1" and backbone.thresholds["dlib-v1"] == 0.4
+
+
+def test_align_and_embed_on_face_recognitions_boxes_give_its_encodings():
+    """On the same boxes, facerec's dlib-5point + dlib-resnet equal face_recognition.face_encodings
+    (normalized: facerec's embeddings are unit vectors)."""
+    backbone = load_backbone("dlib-resnet", device="cpu")
+    aligner = registry().create("aligner", "dlib-5point")
+    for name in ("knn/test/kit_with_rose.jpg", "photos/two_people.jpg", "test_images/paul_rudd/1.jpg"):
+        image = Image.open(SHARED / "faces" / name).convert("RGB")
+        image.thumbnail((600, 600))
+        pixels = np.asarray(image)
+        locations = face_recognition.face_locations(pixels)
+        assert locations, name
+        expected = np.asarray(face_recognition.face_encodings(pixels, locations))
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+        faces = [Face(box=(left, top, right + 1, bottom + 1)) for top, right, bottom, left in locations]
+        chips = aligner.align(image, faces, backbone.plugin.recipe.size)
+        found = backbone.embed(standardize_pictures(chips, backbone.plugin.recipe)).numpy()
+        assert np.linalg.norm(found - expected, axis=1).max() < 1e-4, name
