@@ -84,3 +84,22 @@ def test_align_and_embed_on_face_recognitions_boxes_give_its_encodings():
         chips = aligner.align(image, faces, backbone.plugin.recipe.size)
         found = backbone.embed(standardize_pictures(chips, backbone.plugin.recipe)).numpy()
         assert np.linalg.norm(found - expected, axis=1).max() < 1e-4, name
+
+
+def test_the_whole_pipeline_gives_face_recognitions_cnn_encodings(tmp_path):
+    """detect (dlib-cnn) -> align (dlib-5point) -> embed (dlib-resnet) in a real `facerec embed` process,
+    against face_recognition's face_locations(model="cnn") + face_encodings on the same small photo."""
+    photo = shrink(SHARED / "faces" / "photos" / "two_people.jpg", tmp_path / "two.png", 360)
+    pixels = face_recognition.load_image_file(photo)
+    locations = face_recognition.face_locations(pixels, model="cnn")
+    expected = np.asarray(face_recognition.face_encodings(pixels, locations))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    result = run_cli("embed", photo, "--backbone", "dlib-resnet", "--detector", "dlib-cnn", "--json")
+    assert result.returncode == 0, result.stderr
+    faces = json.loads(result.stdout)["faces"]
+    assert len(faces) == len(locations) == 2
+    for face in faces:
+        x1, y1, x2, y2 = face["box"]
+        position = locations.index((max(y1, 0), x2 - 1, y2 - 1, max(x1, 0)))  # the same box
+        distance = np.linalg.norm(np.asarray(face["embedding"]) - expected[position])
+        assert distance < 0.03
