@@ -1,13 +1,15 @@
-"""Shared test fixtures: the ../shared material, seeded weights, a real HTTP mirror on loopback, the CLI.
+"""Shared test fixtures: the test material, seeded weights, a real HTTP mirror on loopback, the CLI.
 
 Nothing here stands in for a part of the engine: the mirror is a real HTTP server the real download code
-talks to, the CLI runs as a real subprocess.
+talks to, the CLI runs as a real subprocess. The material (photos, MTCNN weights, facenet-pytorch's
+reference outputs) is ../shared when it is beside the checkout, else fetched once into the user cache by
+tests/material.py before any test module reads it.
 """
 
 from __future__ import annotations
 
 import http.server
-import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -15,37 +17,39 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import material
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-SHAPES = SHARED / "reference" / "inception_resnet_v1.shapes.json"
+ROOT = material.ROOT
+SHARED = material.root()  # ../shared, or a folder of the same layout in the user cache
+SHAPES = SHARED / material.SHAPES
 MTCNN_URL_PATH = "/timesler/facenet-pytorch/raw/master/data/{}.pt"
 VGGFACE2_URL_PATH = "/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
 CASIA_URL_PATH = "/timesler/facenet-pytorch/releases/download/v2.2.9/20180408-102900-casia-webface.pt"
-DEMO_URL_PATH = "/ageitgey/face_recognition/raw/master/"
-
-if not SHARED.is_dir():  # never skip silently: without ../shared the suite cannot say anything
-    raise RuntimeError(f"{SHARED} is missing: the tests read real photos and references from it")
 
 
-def _seeded_module():
-    spec = importlib.util.spec_from_file_location("seeded_weights", SHARED / "tools" / "seeded_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fetch the material (when ../shared is not there) before collection: test modules read it on import.
+
+    Without it nothing can be tested, so the session stops at once with one line saying what is needed.
+    """
+    if SHARED == material.NEIGHBOUR:
+        return
+    try:
+        material.prepare(SHARED, say=session.config.get_terminal_writer().line)
+    except material.MaterialError as error:
+        raise pytest.UsageError(str(error)) from None
 
 
 def make_seeded_weights(path: Path, salt: int = 0, with_logits: bool = True) -> Path:
-    """Write facenet-pytorch-layout seeded weights (see ../shared/tools/seeded_weights.py) to `path`."""
-    import json
-
+    """Write facenet-pytorch-layout seeded weights (see tests/seeded_weights.py) to `path`."""
     import torch
+    from seeded_weights import seeded_state_dict
 
     shapes = json.loads(SHAPES.read_text())
     if not with_logits:
         shapes = {k: v for k, v in shapes.items() if not k.startswith("logits.")}
-    torch.save(_seeded_module().seeded_state_dict(shapes, salt), path)
+    torch.save(seeded_state_dict(shapes, salt), path)
     return path
 
 
@@ -93,15 +97,18 @@ class Mirror:
     def serve(self, url_path: str, source: Path) -> None:
         self.files[url_path] = Path(source)
 
+    def serve_material(self, prefix: str = "") -> None:
+        """Serve the material files under `prefix` at their github.com paths, as their homes do."""
+        for entry in material.manifest():
+            if entry.path.startswith(prefix):
+                self.serve("/" + entry.home, SHARED / entry.path)
+
     def serve_mtcnn(self) -> None:
-        for net in ("pnet", "rnet", "onet"):
-            self.serve(MTCNN_URL_PATH.format(net), SHARED / "weights" / "mtcnn" / f"{net}.pt")
+        self.serve_material("weights/mtcnn/")
 
     def serve_demo(self) -> None:
-        for line in (SHARED / "faces" / "knn" / "SHA256SUMS").read_text().splitlines():
-            relative = line.split("  ", 1)[1]
-            local = SHARED / "faces" / "knn" / relative.removeprefix("examples/knn_examples/")
-            self.serve(DEMO_URL_PATH + relative, local)
+        """The demo's five-person set, where `facerec demo` fetches it."""
+        self.serve_material("faces/knn/")
 
 
 @pytest.fixture
