@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from facerec import gallery as store
-from facerec.enroll import IndexReport, Note, index_folder
-from facerec.identify import DEFAULT_TOP_K, Identification, IdentifiedImage, Identifier
+from facerec.enroll import IndexReport, Note, index_folder, repair_gallery
+from facerec.identify import DEFAULT_TOP_K, Identification, IdentifiedImage, Identifier, check_threshold
 from facerec.images import ImageError
 from facerec.provenance import ModelRequest
 
@@ -52,6 +52,12 @@ class Gallery:
         request = ModelRequest(device=self.device, **models)
         return index_folder(self.path, Path(folder), request, head, head_options, progress, note)
 
+    def repair(self, *, note: Note | None = None) -> IndexReport:
+        """Check every file of the gallery against its recorded size and SHA-256 and rebuild what is
+        damaged: the head from the vectors, the vectors from the photos still there, the current version
+        from the newest readable one. `version` of the report is None when nothing was damaged."""
+        return repair_gallery(self.path, ModelRequest(device=self.device), note)
+
     def identify(
         self, image: str | os.PathLike, *, threshold: float | None = None, top_k: int = DEFAULT_TOP_K
     ) -> list[Identification]:
@@ -73,6 +79,7 @@ class Gallery:
 
         `models` may name the models explicitly (as ModelRequest fields); they must be the gallery's.
         """
+        check_threshold(threshold)
         if self._identifier is None or models:
             self._identifier = Identifier(self.path, ModelRequest(device=self.device, **models))
         else:

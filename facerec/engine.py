@@ -33,13 +33,23 @@ DEFAULT_DETECTOR = "mtcnn"
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """`auto` (or None) means CUDA when available, else the CPU."""
+    """`auto` (or None) means CUDA when available, else the CPU. A CUDA device this machine does not
+    have is refused here, in one line, before any model is moved to it."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        found = torch.device(device)
     except RuntimeError:
         raise UsageError(f"--device: unknown device '{device}'") from None
+    if found.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {device}: no CUDA GPU is available here; use --device cpu or auto")
+        if (found.index or 0) >= count:
+            raise UsageError(
+                f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+            )
+    return found
 
 
 def backbone_plugin(name: str) -> Backbone:

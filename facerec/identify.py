@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facerec import gallery as store
-from facerec.errors import FacerecError
+from facerec.errors import FacerecError, UsageError
 from facerec.faces import Face
 from facerec.provenance import ModelRequest, open_pipeline
 
@@ -111,6 +111,15 @@ class Identifier:
                 f"{self.gallery}: the gallery's weights declare no same-person distance; pass --threshold"
             )
         return found
+
+
+def check_threshold(threshold: float | None) -> None:
+    """Refuse a threshold that cannot mean anything: a negative one or NaN leaves every face unknown."""
+    if threshold is not None and not threshold >= 0:
+        raise UsageError(
+            f"--threshold: must be 0 or more (a distance, or a probability for the classifier head), "
+            f"not {threshold:g}"
+        )
 
 
 def _decide(face: Face, candidates: list[tuple[str, float]], threshold: float) -> Identification:

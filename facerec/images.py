@@ -2,12 +2,15 @@
 
 EXIF orientation is applied (boxes are reported in pixels of the image as decoded this way). Images are
 refused with a one-line reason, before any pixels are decoded, when they are empty, not images, or too
-large to be a photo (decompression bombs).
+large to be a photo (decompression bombs); and before the file is opened when it is not a regular file
+(a FIFO would block the reader forever) or a symbolic link leads nowhere.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -33,10 +36,9 @@ class ImageError(FacerecError):
 def load_image(path: str | os.PathLike) -> Image.Image:
     """The image at `path` as 8-bit RGB, EXIF orientation applied; ImageError for anything unusable."""
     path = Path(path)
-    if path.is_dir():
-        raise ImageError(path, "is a directory, not an image")
-    if not path.exists():
-        raise ImageError(path, "no such file")
+    problem = path_problem(path)
+    if problem is not None:
+        raise ImageError(path, problem)
     if path.stat().st_size == 0:
         raise ImageError(path, "cannot decode image: empty file")
     try:
@@ -56,6 +58,31 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageError(path, "refused: too many pixels (decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(path, f"cannot decode image: {error}") from None
+
+
+SPECIAL_FILES = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def path_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be read as a file, found without opening it; None for a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "broken symbolic link (its target is missing)" if os.path.islink(path) else "no such file"
+    except NotADirectoryError:
+        return "no such file"
+    except OSError as error:
+        return "symbolic link loop" if error.errno == errno.ELOOP else error.strerror
+    if stat.S_ISDIR(mode):
+        return "is a directory, not an image"
+    if not stat.S_ISREG(mode):
+        return f"{SPECIAL_FILES.get(stat.S_IFMT(mode), 'a special file')}, not a regular file"
+    return None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -215,8 +215,8 @@ def test_index_is_incremental_by_content_identifies_its_own_and_refuses_other_mo
 
 
 def test_a_gallery_written_before_input_recipes_still_identifies(tmp_path, models):
-    """Galleries recorded a `crop` (size, margin, align) and no threshold; they open with the recipe
-    that made them and the vggface2 threshold, and identify as before."""
+    """Galleries recorded a `crop` (size, margin, align) and no threshold, and no manifest of their
+    files; they open with the recipe that made them and the vggface2 threshold, and identify as before."""
     import json
     import sqlite3
 
@@ -232,6 +232,8 @@ def test_a_gallery_written_before_input_recipes_still_identifies(tmp_path, model
     old["crop"] = {"size": 160, "margin": 0, "align": "box"}
     with sqlite3.connect(database) as db:
         db.execute("UPDATE meta SET value = ? WHERE key = 'provenance'", (json.dumps(old),))
+        db.execute("DELETE FROM meta WHERE key = 'manifest'")
+    (database.parent / "manifest.json").unlink()
 
     reopened = store.read(tmp_path / "gallery")
     assert reopened.provenance.recipe["aligner_options"] == {"margin": 0.0}

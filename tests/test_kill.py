@@ -106,7 +106,7 @@ def test_a_killed_index_leaves_the_old_gallery_or_the_new_one(tmp_path, people):
     old = (base_gallery(gallery, people), OTHERS + 2)
     (people / "paul_rudd" / "1.png").unlink()  # the change: one entry to forget
 
-    for phase in (store.DB_FILE, f"{store.HEAD_FOLDER}/faiss.index"):
+    for phase in (store.DB_FILE, f"{store.HEAD_FOLDER}/faiss.index", store.MANIFEST_FILE):
         assert kill_at(gallery, people, phase), f"the write finished before reaching {phase}"
         assert state(gallery) == old, f"killed at {phase}"
 

@@ -33,7 +33,11 @@ from facerec.faces import Face
 )
 @click.pass_context
 def command(ctx, images, as_json, save_crops, **_models):
-    """Detect the faces in IMAGES: box [x1, y1, x2, y2], score and five landmarks each, largest first."""
+    """Detect the faces in IMAGES: box [x1, y1, x2, y2], score and five landmarks each, largest first.
+
+    An image that cannot be read is named on stderr and the others are still processed; the exit status
+    is then 1, at the end.
+    """
     pipeline = make_pipeline(ctx.params, embed=False)
     crops = CropWriter(Path(save_crops)) if save_crops else None
     for result in each_result(pipeline, images):

@@ -16,7 +16,11 @@ from facerec.cli.options import aligner_options, backbone_options, detector_opti
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per image.")
 @click.pass_context
 def command(ctx, images, as_json, **_models):
-    """Embed every face in IMAGES (use --detector none for aligned face crops)."""
+    """Embed every face in IMAGES (use --detector none for aligned face crops).
+
+    An image that cannot be read is named on stderr and the others are still processed; the exit status
+    is then 1, at the end.
+    """
     pipeline = make_pipeline(ctx.params, embed=True)
     for result in each_result(pipeline, images):
         if as_json:

@@ -1,10 +1,11 @@
-"""`facerec gallery`: what a gallery holds: who, how many faces each, and which models made it."""
+"""`facerec gallery`: what a gallery holds: who, how many faces each, and which models made it; and
+`--repair`, which checks every file of it and rebuilds what is damaged."""
 
 from __future__ import annotations
 
 import click
 
-from facerec.cli import echo_json
+from facerec.cli import echo_json, warn
 from facerec.cli.options import gallery_option
 from facerec.errors import FacerecError
 
@@ -12,10 +13,24 @@ from facerec.errors import FacerecError
 @click.command(name="gallery")
 @gallery_option
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per identity.")
-def command(gallery, as_json):
-    """Show the gallery's identities with their face counts, and how it was made."""
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Check every file against its recorded size and SHA-256 and rebuild what is damaged: the head "
+    "from the vectors, the vectors from the photos still on disk, the current version from the newest "
+    "readable one.",
+)
+def command(gallery, as_json, repair):
+    """Show the gallery's identities with their face counts, and how it was made.
+
+    Every file of the gallery is checked as it opens; a damaged gallery is named in one line (exit
+    status 1), and `--repair` (or the next `facerec index`) rebuilds it.
+    """
     from facerec import gallery as store
 
+    if repair:
+        click.echo(repaired(gallery))
+        return
     snapshot = store.read(gallery)
     if snapshot is None:
         raise FacerecError(f"{gallery}: no gallery here; run `facerec index DIR` first or pass --gallery")
@@ -34,3 +49,14 @@ def command(gallery, as_json):
             click.echo(f"  {name:<{width}}  {count}")
     finally:
         snapshot.close()
+
+
+def repaired(gallery) -> str:
+    """Repair the gallery (what was damaged goes to stderr); one line saying what it holds now."""
+    from facerec.api import open_gallery
+
+    report = open_gallery(gallery).repair(note=warn)
+    faces = f"{sum(report.identities.values())} faces of {len(report.identities)} identities"
+    if report.version is None:
+        return f"{gallery}: intact, nothing to repair; {faces}"
+    return f"{gallery}: repaired, now {report.version}; {faces} ({report.embedded} embedded again)"

@@ -50,7 +50,8 @@ def command(ctx, images, gallery, threshold, top_k, as_json, annotate, device, *
     """Identify every face in IMAGES against the gallery.
 
     The gallery's own models embed the faces (no model options needed); model options, when given,
-    must be the gallery's, and anything else is refused. Exit status 1 when any image could not be read.
+    must be the gallery's, and anything else is refused. An image that cannot be read is named on
+    stderr and the others are still answered; the exit status is then 1, at the end.
     """
     from facerec.api import open_gallery
 

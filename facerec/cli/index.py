@@ -43,9 +43,13 @@ def command(ctx, folder, gallery, device, head, head_option, **_models):
     """Enroll FOLDER/<identity>/<image> into the gallery.
 
     The identity is the folder name. An image with several faces enrolls the largest; one with none,
-    or unreadable, is named on stderr and skipped. Re-running embeds only new or changed images and
-    forgets deleted ones. Model options default to the gallery's (a new gallery: inception-resnet with
-    vggface2 weights, mtcnn, the backbone's aligner); options that differ from the gallery's are refused.
+    or unreadable, is named on stderr and skipped, as is every path not scanned (hidden names, files
+    that are not regular, symbolic links back into FOLDER or into a loop). Re-running embeds only new or
+    changed images and forgets deleted ones; a damaged gallery is rebuilt on the way. Model options
+    default to the gallery's (a new gallery: inception-resnet with vggface2 weights, mtcnn, the
+    backbone's aligner); options that differ from the gallery's are refused.
+
+    Exit status 0 when any face is enrolled from FOLDER (skipped images do not change it), 1 when none is.
     """
     from facerec.api import open_gallery
 
@@ -65,6 +69,8 @@ def command(ctx, folder, gallery, device, head, head_option, **_models):
 def summary(report) -> str:
     """One line: what the gallery holds now and what this run did."""
     state = f"updated to {report.version}" if report.version else "already up to date"
+    if report.repaired:
+        state = f"repaired and {state}"
     return (
         f"{report.gallery}: {state}; {sum(report.identities.values())} faces of {len(report.identities)} "
         f"identities ({report.embedded} embedded, {report.reused} reused, {report.unchanged} unchanged, "
