@@ -4,59 +4,21 @@ Each returns (anchor, positive, negative) index tensors. Anchors are batch rows;
 are candidates: the batch rows followed by the reference rows (the `dict` miner's companions), never the
 anchor itself. Distances are squared Euclidean, as in FaceNet. A row whose identity has no other image
 among the candidates is never an anchor, so identities with a single image serve only as negatives.
-Mining runs without autograd: it chooses indices, the loss differentiates.
+facerec.mining.BaseMiner does what they share: input and output checks, no autograd, the candidates.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 
+from facerec.errors import UsageError
 from facerec.hookspecs import Register, hookimpl
+from facerec.mining import BaseMiner, Candidates
 from facerec.parts import Triplets
 
 NEGATIVE_CHOICES = ("random", "semi-hard")
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """Anchors against candidates: squared distances and which candidates are positives and negatives."""
-
-    distances: torch.Tensor  # (anchors, candidates)
-    positive: torch.Tensor  # bool (anchors, candidates): same label, not the anchor itself
-    negative: torch.Tensor  # bool (anchors, candidates): another label
-
-    @classmethod
-    def of(
-        cls,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        ref_embeddings: torch.Tensor | None = None,
-        ref_labels: torch.Tensor | None = None,
-    ) -> Candidates:
-        """The batch rows as anchors against the batch rows followed by the reference rows, detached
-        (mining picks rows, it never learns).
-        """
-        anchors = embeddings.detach()
-        rows, row_labels = anchors, labels
-        if ref_embeddings is not None:
-            rows, row_labels = torch.cat([anchors, ref_embeddings.detach()]), torch.cat([labels, ref_labels])
-        same = labels[:, None] == row_labels[None, :]
-        itself = torch.zeros_like(same)
-        itself[:, : len(anchors)] = torch.eye(len(anchors), dtype=torch.bool, device=same.device)
-        return cls(squared_distances(anchors, rows), same & ~itself, ~same)
-
-
-def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """|a_i - b_j|^2 for every pair, never below zero."""
-    return ((a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]).clamp_min(0)
-
-
-def empty_triplets(device: torch.device) -> Triplets:
-    empty = torch.empty(0, dtype=torch.long, device=device)
-    return empty, empty, empty
 
 
 def random_choice(allowed: torch.Tensor) -> torch.Tensor:
@@ -73,44 +35,28 @@ def in_turn(allowed: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (allowed & (rank == turn[:, None])).int().argmax(1)
 
 
-class BatchHardMiner:
+class BatchHardMiner(BaseMiner):
     """Batch-hard mining (Hermans et al. 2017): each anchor with its farthest positive and nearest negative."""
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        ref_embeddings: torch.Tensor | None = None,
-        ref_labels: torch.Tensor | None = None,
-    ) -> Triplets:
-        found = Candidates.of(embeddings, labels, ref_embeddings, ref_labels)
-        anchors = (found.positive.any(1) & found.negative.any(1)).nonzero().flatten()
+    def mine(self, found: Candidates) -> Triplets:
+        anchors = found.anchors
         distances = found.distances[anchors]
         positives = distances.masked_fill(~found.positive[anchors], -1.0).argmax(1)
         negatives = distances.masked_fill(~found.negative[anchors], float("inf")).argmin(1)
         return anchors, positives, negatives
 
 
-class SemiHardMiner:
+class SemiHardMiner(BaseMiner):
     """FaceNet's online rule: every anchor-positive pair with every negative farther than the positive
     but within the margin, d(a, p) < d(a, n) < d(a, p) + margin.
     """
 
     def __init__(self, margin: float = 0.2):
-        if margin <= 0:
-            raise ValueError(f"margin must be above 0, got {margin}")
+        if not isinstance(margin, int | float) or not margin > 0:
+            raise UsageError(f"semi-hard miner: margin must be a number above 0, got {margin!r}")
         self.margin = float(margin)
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        ref_embeddings: torch.Tensor | None = None,
-        ref_labels: torch.Tensor | None = None,
-    ) -> Triplets:
-        found = Candidates.of(embeddings, labels, ref_embeddings, ref_labels)
+    def mine(self, found: Candidates) -> Triplets:
         anchor_positive = found.distances[:, :, None]
         anchor_negative = found.distances[:, None, :]
         semi_hard = (
@@ -123,7 +69,7 @@ class SemiHardMiner:
         return anchors, positives, negatives
 
 
-class DictionaryMiner:
+class DictionaryMiner(BaseMiner):
     """The seed's selection: for each anchor, a positive and a negative drawn from the whole dataset.
 
     `companions` draws, for every batch row whose identity has another image, one other image of that
@@ -137,7 +83,9 @@ class DictionaryMiner:
 
     def __init__(self, negatives: str = "random"):
         if negatives not in NEGATIVE_CHOICES:
-            raise ValueError(f"negatives must be one of {', '.join(NEGATIVE_CHOICES)}, got '{negatives}'")
+            raise UsageError(
+                f"dict miner: negatives must be one of {', '.join(NEGATIVE_CHOICES)}, got '{negatives}'"
+            )
         self.negatives = negatives
 
     def companions(
@@ -156,28 +104,29 @@ class DictionaryMiner:
             negatives.append(index[identity][torch.randint(len(index[identity]), ())])
         return torch.stack(positives + negatives) if positives else torch.empty(0, dtype=torch.long)
 
-    @torch.no_grad()
-    def __call__(
+    def candidates(
         self,
         embeddings: torch.Tensor,
         labels: torch.Tensor,
-        ref_embeddings: torch.Tensor | None = None,
-        ref_labels: torch.Tensor | None = None,
-    ) -> Triplets:
+        ref_embeddings: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> Candidates:
+        """The companions only, as the seed chooses; the batch rows when there are no companions."""
         found = Candidates.of(embeddings, labels, ref_embeddings, ref_labels)
+        if ref_embeddings is None:
+            return found
         drawn = torch.ones(found.distances.shape[1], dtype=torch.bool, device=embeddings.device)
-        if ref_embeddings is not None:
-            drawn[: len(embeddings)] = False  # choose among the companions only, as the seed does
-        positive, negative = found.positive & drawn, found.negative & drawn
-        anchors = (positive.any(1) & negative.any(1)).nonzero().flatten()
-        if len(anchors) == 0:
-            return empty_triplets(embeddings.device)
-        positives = in_turn(positive[anchors], labels[anchors])
+        drawn[: len(embeddings)] = False
+        return found.among(drawn)
+
+    def mine(self, found: Candidates) -> Triplets:
+        anchors = found.anchors
+        positives = in_turn(found.positive[anchors], found.labels[anchors])
+        negative = found.negative[anchors]
         if self.negatives == "random":
-            return anchors, positives, random_choice(negative[anchors])
+            return anchors, positives, random_choice(negative)
         distances = found.distances[anchors]
         anchor_positive = distances.gather(1, positives[:, None])
-        negative = negative[anchors]
         farther = negative & (distances > anchor_positive)
         nearest_farther = distances.masked_fill(~farther, float("inf")).argmin(1)
         farthest = distances.masked_fill(~negative, -1.0).argmax(1)

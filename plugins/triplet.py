@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from facerec.errors import UsageError
 from facerec.hookspecs import Register, hookimpl
 from facerec.parts import LossResult, Triplets
 
@@ -17,8 +18,8 @@ class TripletLoss:
     """FaceNet's triplet loss with margin `margin` (alpha in the paper, 0.2 there and here)."""
 
     def __init__(self, margin: float = 0.2):
-        if margin < 0:
-            raise ValueError(f"margin must be at least 0, got {margin}")
+        if not isinstance(margin, int | float) or not margin >= 0:
+            raise UsageError(f"triplet loss: margin must be a number at least 0, got {margin!r}")
         self.margin = float(margin)
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, triplets: Triplets) -> LossResult:

@@ -151,3 +151,41 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 @pytest.fixture
 def cli():
     return run_cli
+
+
+KNN_TRAIN = SHARED / "faces" / "knn" / "train"
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory) -> Path:
+    """A TORCH_HOME whose cache holds the MTCNN weights of ../shared (linked, not copied)."""
+    home = tmp_path_factory.getbasetemp() / "torch-home-mtcnn"
+    (home / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for net in ("pnet", "rnet", "onet"):
+        link = home / "checkpoints" / f"{net}.pt"
+        if not link.exists():
+            link.symlink_to(SHARED / "weights" / "mtcnn" / f"{net}.pt")
+    return home
+
+
+@pytest.fixture(scope="session")
+def face_cache(tmp_path_factory, torch_home) -> Path:
+    """A face cache holding the MTCNN crops of the knn training set (shared by this session's tests)."""
+    root = tmp_path_factory.getbasetemp() / "face-cache"
+    from facerec.engine import build_pipeline
+    from facerec.training.facecache import FaceCache
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(torch_home))
+        cache = FaceCache(root, build_pipeline(embed=False))
+        images = sorted(KNN_TRAIN.glob("*/*"))
+        from facerec.weights import sha256_file
+
+        crops = cache.crops([(str(p), sha256_file(p)) for p in images], lambda message: None)
+    assert all(crops), "every knn training image has a face"
+    return root
+
+
+@pytest.fixture
+def env(torch_home) -> dict[str, str]:
+    return {"TORCH_HOME": str(torch_home)}

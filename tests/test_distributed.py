@@ -1,8 +1,8 @@
 """Two processes (torchrun, gloo on the CPU) train as one does, up to floating-point noise, resumed too.
 
 Dropout draws its masks per process, so the comparison freezes the network through its dropout layer;
-SGD keeps the weights a linear function of the gradients (AdaGrad's first step divides a gradient by its
-own size, which turns noise in a near-zero gradient into a full step).
+SGD keeps the weights a linear function of the gradients, so floating-point noise in them stays as small
+in the weights.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import subprocess
 import sys
 
 import torch
-from test_train import KNN_TRAIN, face_cache, torch_home  # noqa: F401 (session fixtures shared)
+
+from conftest import KNN_TRAIN
 
 SETTINGS = [
     "--batch-size",
@@ -35,7 +36,7 @@ def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
 
 
-def test_two_processes_train_as_one_resumed_too(seeded_weights, face_cache, torch_home, tmp_path):  # noqa: F811
+def test_two_processes_train_as_one_resumed_too(seeded_weights, face_cache, torch_home, tmp_path):
     env = {"TORCH_HOME": str(torch_home)}
     args = [
         "train",

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from test_train import KNN_TRAIN, face_cache, torch_home  # noqa: F401 (session fixtures shared)
 
+from conftest import KNN_TRAIN
 from facerec.errors import FacerecError
 from facerec.training import evaluation
 
@@ -107,7 +107,7 @@ def test_read_pairs_in_lfw_format(lfw):
         evaluation.read_pairs(missing, root)
 
 
-def test_evaluate_a_folder(cli, seeded_weights, face_cache, torch_home, tmp_path):  # noqa: F811
+def test_evaluate_a_folder(cli, seeded_weights, face_cache, torch_home, tmp_path):
     out = tmp_path / "evaluation"
     result = cli(
         "evaluate",
@@ -134,7 +134,7 @@ def test_evaluate_a_folder(cli, seeded_weights, face_cache, torch_home, tmp_path
     assert (out / "roc.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_evaluate_an_lfw_pairs_file(cli, seeded_weights, face_cache, torch_home, lfw, tmp_path):  # noqa: F811
+def test_evaluate_an_lfw_pairs_file(cli, seeded_weights, face_cache, torch_home, lfw, tmp_path):
     root, pairs = lfw
     out = tmp_path / "evaluation"
     result = cli(

@@ -10,6 +10,8 @@ import math
 import pytest
 import torch
 
+from facerec.errors import FacerecError, UsageError
+from facerec.mining import BaseMiner, Candidates
 from facerec.parts import DatasetMiner, Miner
 from facerec.registry import registry
 from facerec_plugins.miners import BatchHardMiner, DictionaryMiner, SemiHardMiner
@@ -132,8 +134,59 @@ def test_dict_companions_draw_a_positive_and_a_negative_per_anchor_from_the_dict
     assert 5 in identity_two_drawn  # the single image still serves as a negative
 
 
-def test_miner_options_are_checked():
-    with pytest.raises(ValueError, match="negatives"):
+def test_miner_options_are_usage_errors():
+    with pytest.raises(
+        UsageError, match="dict miner: negatives must be one of random, semi-hard, got 'hardest'"
+    ):
         DictionaryMiner("hardest")
-    with pytest.raises(ValueError, match="margin"):
+    with pytest.raises(UsageError, match="semi-hard miner: margin must be a number above 0, got 0"):
         SemiHardMiner(margin=0)
+
+
+class Careless(BaseMiner):
+    """A miner that returns what it is given to return, to see the base class check it."""
+
+    def __init__(self, triplets):
+        self.triplets = triplets
+        self.autograd: bool | None = None  # whether autograd was on inside mine()
+
+    def mine(self, found: Candidates):
+        self.autograd = torch.is_grad_enabled()
+        return self.triplets
+
+
+def rows(*values: int) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long)
+
+
+@pytest.mark.parametrize(
+    ("triplets", "problem"),
+    [
+        ((rows(0), rows(1)), r"mine\(\) must return three 1-D int64 tensors"),
+        ((rows(0), rows(1), torch.tensor([2.0])), r"mine\(\) must return three 1-D int64 tensors"),
+        ((rows(0, 1), rows(1), rows(2)), "anchors, positives and negatives differ in length"),
+        ((rows(5), rows(1), rows(2)), r"an anchor is not a batch row \(0 to 4\)"),
+        ((rows(0), rows(0), rows(2)), "a positive is not one of its anchor's positive candidates"),
+        ((rows(0), rows(2), rows(2)), "a positive is not one of its anchor's positive candidates"),
+        ((rows(0), rows(1), rows(1)), "a negative is not one of its anchor's negative candidates"),
+        ((rows(0), rows(1), rows(7)), r"a negative is not a candidate row \(0 to 4\)"),
+    ],
+)
+def test_the_base_class_refuses_triplets_that_break_the_protocol(triplets, problem):
+    with pytest.raises(FacerecError, match=f"^miner Careless: {problem}"):
+        Careless(triplets)(EMBEDDINGS, LABELS)
+
+
+def test_the_base_class_mines_without_autograd_and_answers_empty_batches_itself():
+    miner = Careless((rows(0), rows(1), rows(2)))
+    anchors, positives, negatives = miner(EMBEDDINGS.clone().requires_grad_(), LABELS)
+    assert (anchors.tolist(), positives.tolist(), negatives.tolist()) == ([0], [1], [2])
+    assert miner.autograd is False and torch.is_grad_enabled()
+    empty = Careless((rows(0), rows(1), rows(2)))
+    nothing = empty(torch.empty(0, 2), torch.empty(0, dtype=torch.long))
+    assert [t.tolist() for t in nothing] == [[], [], []]
+    assert empty.autograd is None  # mine() is not asked when no row can be an anchor
+    with pytest.raises(ValueError, match=r"expected \(N, D\) embeddings and N labels"):
+        BatchHardMiner()(EMBEDDINGS, LABELS[:3])
+    with pytest.raises(ValueError, match="come together"):
+        BatchHardMiner()(EMBEDDINGS, LABELS, EMBEDDINGS)

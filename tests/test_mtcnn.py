@@ -108,7 +108,7 @@ def test_settings_record_the_options(mtcnn):
         ({"factor": 1.0}, "factor must be a number between 0 and 1"),
         ({"device": "toaster"}, "unknown device 'toaster'"),
         ({"device": "cuda:99"}, "device 'cuda:99' is not available here"),
-        ({"colour": "red"}, "does not accept these options"),
+        ({"colour": "red"}, r"has no option 'colour' \(options: min_face_size, thresholds, factor, device\)"),
     ],
 )
 def test_bad_options_are_usage_errors(options, message):

@@ -80,7 +80,10 @@ def test_third_party_backbone_and_command_work_beside_broken_plugins(cli, site):
 def test_unknown_part_name_lists_what_is_registered(cli, site):
     result = cli("embed", FACE, "--backbone", "nope", "--detector", "none", env=site)
     assert result.returncode == 2
-    assert result.stderr.strip() == "Error: unknown backbone 'nope' (available: inception-resnet, tiny)"
+    assert (
+        result.stderr.strip()
+        == "Error: unknown backbone 'nope' (available: dlib-resnet, inception-resnet, tiny)"
+    )
 
 
 def test_a_third_party_recipe_decides_crops_and_tensors(cli, site, tmp_path):

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from gallery_support import shrink
 from PIL import Image
 
-from conftest import SHARED
+from conftest import KNN_TRAIN, SHARED
 from facerec import gallery as store
 from facerec.engine import build_pipeline
 from facerec.errors import FacerecError, UsageError
@@ -25,43 +27,19 @@ from facerec.training.distributed import Processes
 from facerec.training.facecache import FaceCache
 from facerec.training.runfiles import RunFolder
 from facerec.training.sampler import AnchorSampler, IdentitySampler, label_index
-from facerec.training.trainer import Trainer, TrainSettings, freeze_through, train
+from facerec.training.trainer import (
+    StepResult,
+    Trainer,
+    TrainSettings,
+    epoch_record,
+    finite_gradients,
+    freeze_through,
+    make_optimizer,
+    train,
+)
 
-KNN_TRAIN = SHARED / "faces" / "knn" / "train"
 ALIGNED = SHARED / "faces" / "test_images_aligned"
 QUICK = ["--batch-size", "4", "--freeze", "block8", "--device", "cpu"]  # two steps per epoch
-
-
-@pytest.fixture(scope="session")
-def torch_home(tmp_path_factory) -> Path:
-    """A TORCH_HOME whose cache holds the MTCNN weights of ../shared (linked, not copied)."""
-    home = tmp_path_factory.getbasetemp() / "torch-home-mtcnn"
-    (home / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for net in ("pnet", "rnet", "onet"):
-        link = home / "checkpoints" / f"{net}.pt"
-        if not link.exists():
-            link.symlink_to(SHARED / "weights" / "mtcnn" / f"{net}.pt")
-    return home
-
-
-@pytest.fixture(scope="session")
-def face_cache(tmp_path_factory, torch_home) -> Path:
-    """A face cache holding the MTCNN crops of the knn training set (shared by this session's tests)."""
-    root = tmp_path_factory.getbasetemp() / "face-cache"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCH_HOME", str(torch_home))
-        cache = FaceCache(root, build_pipeline(embed=False))
-        images = sorted(KNN_TRAIN.glob("*/*"))
-        from facerec.weights import sha256_file
-
-        crops = cache.crops([(str(p), sha256_file(p)) for p in images], lambda message: None)
-    assert all(crops), "every knn training image has a face"
-    return root
-
-
-@pytest.fixture
-def env(torch_home) -> dict[str, str]:
-    return {"TORCH_HOME": str(torch_home)}
 
 
 def settings(weights: Path, **changes) -> TrainSettings:
@@ -297,3 +275,132 @@ def test_train_the_classifier_head_resume_and_identify(cli, seeded_weights, tmp_
     found = cli("identify", ALIGNED / "paul_rudd" / "1.png", "--gallery", gallery, "--json")
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)["faces"][0]["candidates"][0]["identity"] == "paul_rudd"
+
+
+@pytest.fixture(scope="module")
+def two_people(tmp_path_factory) -> Path:
+    """biden and obama, two photos each, shrunk: one step of four anchors per epoch at --batch-size 4."""
+    folder = tmp_path_factory.mktemp("two-people")
+    for person in ("biden", "obama"):
+        for photo in sorted((KNN_TRAIN / person).iterdir()):
+            shrink(photo, folder / person / photo.name)
+    return folder
+
+
+def two_people_run(two_people: Path, weights: Path, out: Path, anchors: int) -> list:
+    """`facerec train` on the two people (four anchors an epoch), `anchors` a step, on the CPU."""
+    cache = two_people.parent / "face-cache"
+    return [
+        "train",
+        two_people,
+        "--weights",
+        weights,
+        "--out",
+        out,
+        "--face-cache",
+        cache,
+        "--device",
+        "cpu",
+        "--batch-size",
+        str(anchors),
+    ]
+
+
+def strict_json_lines(path: Path) -> list[dict]:
+    """The lines of a metrics.jsonl; NaN or Infinity in them (not JSON) fail the test."""
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{path}: {constant} is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_the_default_optimizer_trains_without_diverging(cli, env, seeded_weights, two_people, tmp_path):
+    """The seed's command at its rate, AdaGrad 0.05: the second step's loss was NaN (PyTorch's AdaGrad
+    moved every weight by 0.05 in the first step), and metrics.jsonl held a bare NaN."""
+    out = tmp_path / "run"
+    result = cli(*two_people_run(two_people, seeded_weights, out, anchors=2), "--epochs", "1", env=env)
+    assert result.returncode == 0, result.stderr
+    metrics = strict_json_lines(out / "metrics.jsonl")
+    assert [(m["epoch"], m["steps"]) for m in metrics] == [(1, 2)]
+    assert all(math.isfinite(m["loss"]) and m["loss"] > 0 for m in metrics), metrics
+    trained = torch.load(out / "backbone.pt", weights_only=True)
+    assert all(torch.isfinite(value).all() for value in trained.values())
+
+
+def test_adagrads_first_step_follows_the_gradient_not_its_sign():
+    weight = torch.nn.Parameter(torch.zeros(3))
+    optimizer = make_optimizer("adagrad", [weight], lr=0.05)
+    weight.grad = torch.tensor([1e-6, 1e-3, 1.0])
+    optimizer.step()
+    step = -weight.detach()
+    assert step[0] < 1e-6 and step[1] < 1e-3, step  # from an accumulator of 0, each moved by 0.05
+    assert step[2].item() == pytest.approx(0.05 / math.sqrt(1.1), rel=1e-5)
+
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_the_last_good_epoch(
+    cli, env, seeded_weights, two_people, tmp_path
+):
+    out = tmp_path / "run"
+    diverging = ["--optimizer", "sgd", "--lr", "1e6", "--freeze", "mixed_6a", "--epochs", "3"]
+    result = cli(*two_people_run(two_people, seeded_weights, out, anchors=4), *diverging, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: training diverged at epoch 2, step 1 of 1 (the loss is nan); {out} keeps the files of "
+        "epoch 1; try a lower --lr than 1e+06 in a new --out"
+    ]
+    assert [m["epoch"] for m in strict_json_lines(out / "metrics.jsonl")] == [1]
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert all(torch.isfinite(value).all() for value in checkpoint["model"].values())
+    assert (out / "loss.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_run_diverging_in_its_first_epoch_writes_nothing(seeded_weights, face_cache, tmp_path):
+    out = tmp_path / "run"
+    diverging = settings(seeded_weights, optimizer="sgd", lr=1e6, freeze="mixed_6a", epochs=1)
+    with pytest.raises(FacerecError) as raised:
+        train(diverging, out, device="cpu", cache_root=face_cache, report=lambda _: None)
+    assert str(raised.value) == (
+        f"training diverged at epoch 1, step 2 of 2 (the loss is nan); nothing was written to {out}; "
+        "try a lower --lr than 1e+06 in a new --out"
+    )
+    assert not out.exists()
+
+
+def test_gradients_that_are_not_finite_are_found():
+    """A step with a finite loss but infinite gradients must not reach the weights either."""
+    network = torch.nn.Linear(2, 1)
+    assert finite_gradients(network)  # no gradients yet
+    network(torch.ones(1, 2)).sum().backward()
+    assert finite_gradients(network)
+    network.weight.grad[0, 1] = math.inf
+    assert not finite_gradients(network)
+
+
+def test_a_statistic_that_is_not_finite_is_logged_as_null(tmp_path):
+    steps = [
+        StepResult(0.5, {"active": math.nan}, 12, {"step": 1.0}),
+        StepResult(0.3, {"active": 1.0}, 12, {"step": 1.0}),
+    ]
+    record = epoch_record(1, steps, 0.05)
+    assert record["loss"] == pytest.approx(0.4) and record["active"] is None
+    RunFolder(tmp_path).add_metrics(record)
+    assert strict_json_lines(tmp_path / "metrics.jsonl")[0]["active"] is None
+
+
+def test_a_diverging_head_stops_in_one_line_and_keeps_the_last_good_epoch(cli, seeded_weights, tmp_path):
+    gallery, out = tmp_path / "gallery", tmp_path / "run"
+    common = ["train", ALIGNED, "--head", "classifier", "--gallery", gallery, "--out", out, "--device", "cpu"]
+    model = ["--weights", seeded_weights, "--detector", "none"]
+    result = cli(*common, *model, "--lr", "1e30", "--epochs", "6")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: training diverged at epoch "), result.stderr
+    diverged = int(last.split()[5])
+    assert last == (
+        f"Error: training diverged at epoch {diverged} (the loss is nan); {out} keeps the files of epoch "
+        f"{diverged - 1}; try a lower --lr than 1e+30 in a new --out"
+    )
+    assert [m["epoch"] for m in strict_json_lines(out / "metrics.jsonl")] == list(range(1, diverged))
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == diverged - 1

@@ -11,7 +11,8 @@ import click
 
 from facerec.cli import warn
 from facerec.cli.options import (
-    aligner_choice,
+    ALIGNER_PARAMETERS,
+    MODEL_PARAMETERS,
     aligner_options,
     backbone_options,
     detector_options,
@@ -21,22 +22,14 @@ from facerec.cli.options import (
     given,
     out_option,
     parse_options,
+    pipeline_arguments,
     seed_option,
 )
 from facerec.errors import UsageError
 from facerec.training.trainer import NOTHING_FROZEN, OPTIMIZERS, TrainSettings
 
 DEFAULT_RUN = Path(".facerec") / "run"
-HEAD_OPTIONS = {"lr": "lr", "batch_size": "batch_size", "epochs": "epochs", "seed": "seed"}
-MODEL_SETTINGS = (
-    "backbone",
-    "pretrained",
-    "weights",
-    "detector",
-    "detector_options",
-    "aligner",
-    "aligner_options",
-)
+HEAD_OPTIONS = ("lr", "batch_size", "epochs", "seed")  # the options of `train` a head takes as its own
 SETTING_NAMES = {f.name for f in fields(TrainSettings)}
 OPTION_OF = {"miner_options": "miner_option", "loss_options": "loss_option"}
 
@@ -101,7 +94,7 @@ def command(ctx, data, out, resume, check, head, gallery, face_cache, device, **
     is enrolled into --gallery and the head is trained on the gallery's embeddings.
     """
     chosen = {name for name in SETTING_NAMES if given(ctx, OPTION_OF.get(name, name))}
-    if any(given(ctx, name) for name in ("aligner", "aligner_options", "margin", "align")):
+    if any(given(ctx, name) for name in ALIGNER_PARAMETERS):
         chosen |= {"aligner", "aligner_options"}
     if head is not None:
         train_head_command(ctx, data, out, resume, check, head, gallery, device, chosen)
@@ -121,24 +114,24 @@ def train_head_command(ctx, data, out, resume, check, head, gallery, device, giv
     """`train --head NAME`: the options that mean something for a head, as its options."""
     from facerec.training.classifier import train_head
 
-    unused = sorted(given - set(HEAD_OPTIONS) - set(MODEL_SETTINGS) - {"data"}) + (["check"] if check else [])
+    used = {*HEAD_OPTIONS, *MODEL_PARAMETERS, *ALIGNER_PARAMETERS, "data"}
+    unused = sorted(given - used) + (["check"] if check else [])
     if unused:
         names = ", ".join("--" + OPTION_OF.get(name, name).replace("_", "-") for name in unused)
         raise UsageError(f"{names}: not used when training a head (--head {head})")
-    head_options = {HEAD_OPTIONS[name]: ctx.params[name] for name in HEAD_OPTIONS if name in given}
+    head_options = {name: ctx.params[name] for name in HEAD_OPTIONS if name in given}
     train_head(
         gallery, Path(data), head, head_options, out, resume, explicit_models(ctx), device, warn, click.echo
     )
 
 
 def settings_from(data: str, options: dict) -> TrainSettings:
-    """The run's settings from the command's options (KEY=VALUE lists parsed)."""
+    """The run's settings from the command's options: the models as every command reads them, the
+    miner's and loss's KEY=VALUE lists parsed."""
+    models = pipeline_arguments(options)
     values = {name: options[name] for name in SETTING_NAMES & options.keys()}
+    values.update({name: models[name] for name in SETTING_NAMES & models.keys()})
+    values["aligner_options"] = values["aligner_options"] or {}
     values["miner_options"] = parse_options(options["miner_option"], "--miner-option")
     values["loss_options"] = parse_options(options["loss_option"], "--loss-option")
-    values["detector_options"] = parse_options(options["detector_options"], "--detector-option")
-    aligner, aligner_options = aligner_choice(
-        options["aligner"], options["aligner_options"], options["margin"], options["align"]
-    )
-    values["aligner"], values["aligner_options"] = aligner, aligner_options or {}
     return TrainSettings(data=data, **values)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -91,6 +92,8 @@ def train_head(
     records = []
 
     def on_epoch(epoch: int, loss: float, state: dict[str, Any]) -> None:
+        if not math.isfinite(loss):
+            raise run.diverged(f"epoch {epoch}", f"the loss is {loss}", epoch - 1, fitted.options.get("lr"))
         record = {"epoch": epoch, "loss": loss}
         records.append(record)
         run.add_metrics(record)

@@ -1,6 +1,7 @@
 """The files of a run folder (DESIGN.md, "Training runs"), written atomically and never as pickle.
 
-- `metrics.jsonl`: one JSON object per finished epoch, `{"epoch": N, "loss": X, ...}`;
+- `metrics.jsonl`: one JSON object per finished epoch, `{"epoch": N, "loss": X, ...}`, strict JSON (no
+  NaN or Infinity: a run whose loss stops being finite stops before logging it);
 - `backbone.pt`: the trained network's state dict in its backbone's layout (usable as `--weights`);
 - `checkpoint.pt`: what `--resume` needs: model, optimizer, epoch, sampler seed and the run's settings;
   plain tensors, numbers, strings, lists and dicts, so it loads with `weights_only=True`;
@@ -76,10 +77,21 @@ class RunFolder:
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         """Rewrite `metrics.jsonl` with `records` and redraw the loss curve from them."""
-        text = "".join(json.dumps(record) + "\n" for record in records)
+        text = "".join(json.dumps(record, allow_nan=False) + "\n" for record in records)
         write_atomically(self.path / METRICS, lambda f: f.write(text.encode()))
         if records:
             loss_curve(self.path / LOSS_CURVE, [r["epoch"] for r in records], [r["loss"] for r in records])
+
+    def diverged(self, at: str, cause: str, finished: int, lr: float | None) -> FacerecError:
+        """The one line that stops a run whose loss or gradients stopped being finite `at` a step, with
+        `finished` epochs saved in this folder and the learning rate `lr` (None: the run has none)."""
+        kept = (
+            f"{self.path} keeps the files of epoch {finished}"
+            if finished
+            else f"nothing was written to {self.path}"
+        )
+        lower = "a lower --lr" if lr is None else f"a lower --lr than {lr:g}"
+        return FacerecError(f"training diverged at {at} ({cause}); {kept}; try {lower} in a new --out")
 
     def add_metrics(self, record: dict[str, Any]) -> None:
         """Log a finished epoch (replacing a line of the same epoch left by an interrupted run)."""

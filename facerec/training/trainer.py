@@ -5,6 +5,9 @@ dataset; the faces are loaded (augmented), embedded, gathered across processes, 
 loss. Layers up to `freeze` keep their weights and run in eval mode. Batch-norm layers always use their
 running statistics: batches are small (8 faces in the seed), and per-batch statistics would also differ
 between the processes of a distributed run. On CUDA the forward pass runs in mixed precision.
+
+A step whose loss or gradients are not finite is not applied: the run stops there with one line (epoch,
+step, what to try), and its folder keeps the files of the last finished epoch.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from facerec.training.seeds import derived_seed, seed_torch
 OPTIMIZERS = ("adagrad", "sgd", "adam")
 NOTHING_FROZEN = "none"
 CHECKPOINT_FORMAT = 1
+ADAGRAD_START = 0.1  # TensorFlow's initial_accumulator_value, which FaceNet trained with
 Report = Callable[[str], None]
 
 
@@ -66,6 +70,14 @@ class TrainSettings:
     aligner_options: dict[str, Any] = field(default_factory=dict)
 
 
+class Diverged(FacerecError):
+    """A step's loss or gradients are not finite; the step was not applied. `step` counts from 1."""
+
+    def __init__(self, epoch: int, step: int, cause: str):
+        super().__init__(f"epoch {epoch}, step {step}: {cause}")
+        self.epoch, self.step, self.cause = epoch, step, cause
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -92,9 +104,15 @@ def freeze_through(module: nn.Module, layer: str) -> list[nn.Module]:
 
 
 def make_optimizer(name: str, parameters: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """FaceNet trained with AdaGrad at 0.05, the seed's rate; SGD has momentum 0.9."""
+    """FaceNet trained with AdaGrad at 0.05, the seed's rate; SGD has momentum 0.9.
+
+    AdaGrad's accumulator starts at 0.1, as in TensorFlow, not at PyTorch's 0: from 0, the first step
+    divides each gradient by its own size and moves every weight by the whole rate, 0.05, whatever its
+    gradient; that is far more than Inception-ResNet's weights (about 0.03) can take, and the next
+    forward pass overflowed to NaN. From 0.1, the first step is at most rate x gradient / 0.32.
+    """
     if name == "adagrad":
-        return torch.optim.Adagrad(parameters, lr=lr)
+        return torch.optim.Adagrad(parameters, lr=lr, initial_accumulator_value=ADAGRAD_START)
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=0.9)
     if name == "adam":
@@ -241,8 +259,12 @@ class Trainer:
         mined = drawn + time.perf_counter() - mining
 
         result = self.loss(embeddings, labels, triplets)
+        if not torch.isfinite(result.loss.detach()):
+            raise Diverged(epoch, number + 1, f"the loss is {result.loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(result.loss).backward()
+        if not self.scaler.is_enabled() and not finite_gradients(self.network):
+            raise Diverged(epoch, number + 1, "the gradients are not finite")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return StepResult(
@@ -307,12 +329,20 @@ class Trainer:
         }
 
 
+def finite_gradients(network: nn.Module) -> bool:
+    """Whether every gradient of `network` is finite (a loss scaler checks its own on CUDA)."""
+    gradients = [p.grad for p in network.parameters() if p.grad is not None]
+    return bool(torch.stack([g.isfinite().all() for g in gradients]).all()) if gradients else True
+
+
 def epoch_record(epoch: int, results: list[StepResult], lr: float) -> dict[str, Any]:
+    """An epoch's metrics line: mean loss and statistics (null where a loss's statistic was not finite)."""
     seconds = sum(r.seconds["step"] for r in results)
     faces = sum(r.faces for r in results)
     record: dict[str, Any] = {"epoch": epoch, "loss": sum(r.loss for r in results) / len(results)}
     for name in results[0].stats:
-        record[name] = sum(r.stats[name] for r in results) / len(results)
+        mean = sum(r.stats[name] for r in results) / len(results)
+        record[name] = mean if math.isfinite(mean) else None
     record.update(
         steps=len(results),
         faces=faces,
@@ -354,14 +384,17 @@ def train(
         trainer = Trainer(settings, target, processes, cache_root or default_root(), report, checkpoint)
         if checkpoint is not None and checkpoint["identities"] != trainer.dataset.identities:
             report(f"{settings.data}: the identities differ from those the run started with")
-        if processes.writer:
-            run.create()
         records = []
         progress = processes.writer and sys.stderr.isatty()
         for epoch in range(first, settings.epochs + 1):
-            record = trainer.epoch(epoch, progress)
+            try:
+                record = trainer.epoch(epoch, progress)
+            except Diverged as diverged:
+                at = f"epoch {diverged.epoch}, step {diverged.step} of {len(trainer.sampler)}"
+                raise run.diverged(at, diverged.cause, epoch - 1, settings.lr) from None
             records.append(record)
             if processes.writer:
+                run.create()
                 run.add_metrics(record)
                 run.save_backbone(trainer.network.state_dict())
                 run.save_checkpoint(trainer.checkpoint(epoch))
@@ -418,7 +451,7 @@ def _process_device(device: torch.device, processes: Processes) -> torch.device:
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['loss']:.4f}"]
-    if "active" in record:
+    if record.get("active") is not None:
         parts.append(f"active triplets {record['active']:.0%}")
     if record.get("faces_per_second"):
         parts.append(f"{record['faces_per_second']:.1f} faces/s")
@@ -460,9 +493,10 @@ def check(
     trainer.train_mode()
     before = [p.detach().clone() for p in trainer.network.parameters() if p.requires_grad]
     batch = trainer.sampler.epoch(1)[0]
-    result = trainer.step(1, 0, batch)
-    if not math.isfinite(result.loss):
-        raise FacerecError(f"check: the loss is {result.loss} on the first batch")
+    try:
+        result = trainer.step(1, 0, batch)
+    except Diverged as diverged:
+        raise FacerecError(f"check: {diverged.cause} on the first batch") from None
     after = [p.detach() for p in trainer.network.parameters() if p.requires_grad]
     if not all(torch.isfinite(p).all() for p in after):
         raise FacerecError("check: the weights are not finite after one step")
