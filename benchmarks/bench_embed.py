@@ -1,21 +1,32 @@
-"""Embedding speed: 128 aligned 160x160 faces, whole process, facerec against facenet-pytorch.
+"""Embedding speed: aligned faces, whole process, facerec against the library each backbone replaces.
 
-Each side runs in a fresh Python process, as a user's script would: import, build Inception-ResNet-v1,
-load the same seeded weights (../shared/tools/seeded_weights.py, salt 0) from one file, standardize the
-four aligned faces of ../shared/faces/test_images_aligned (repeated to `--faces`) and embed them in
-batches. The parent times each whole process; each process times its own embedding loop.
+Each side runs in a fresh Python process, as a user's script would: import, build the network, load its
+weights, prepare the faces and embed them in batches. The parent times each whole process; each process
+times its own embedding loop (wall and CPU time). Two pairs, each on the four aligned faces of
+../shared/faces/test_images_aligned repeated to `--faces`:
 
-- facenet-pytorch: `InceptionResnetV1().eval()`, `load_state_dict`, calls under `torch.no_grad()`.
-  It is installed into this environment for the benchmark only (`pip install --no-deps`: its pins are stale).
-- facerec: `registry().create("backbone", "inception-resnet")`, `build(state_dict)`, `for_inference`.
+- inception-resnet, 160x160 faces, the same seeded weights (../shared/tools/seeded_weights.py, salt 0)
+  from one file on both sides:
+  - facenet-pytorch: `InceptionResnetV1().eval()`, `load_state_dict`, calls under `torch.no_grad()`.
+    It is installed into this environment for the benchmark only (`pip install --no-deps`: its pins are
+    stale);
+  - facerec: `registry().create("backbone", "inception-resnet")`, `build(state_dict)`, `for_inference`,
+    faces standardized by `facerec.align.standardize_pictures` with the backbone's recipe;
+- dlib-resnet, the same faces scaled (bicubic) to 150x150, dlib's chip size, and the real weights of
+  face_recognition_models on both sides (the speed does not depend on the pictures):
+  - dlib: `face_recognition_model_v1(...).compute_face_descriptor(chips)`, as face_recognition loads it;
+    its descriptors are scaled to unit length to compare them with facerec's;
+  - facerec: `facerec.engine.load_backbone("dlib-resnet")` (weights `dlib-v1`) and its inference form.
 
-Rounds alternate the two sides and the best round of each counts: the machine may be shared, so each
-round waits (up to `--wait` seconds) for the CPUs to go idle and reports how many cores other processes
-kept busy while it ran. The rate is
-set against the CPU's peak FP32 rate, estimated from lscpu (cores x clock x FLOPs per cycle), and against a
-large matrix product, the rate this CPU reaches in practice. Both processes use torch's default threads.
+Rounds alternate the two sides of a pair and the best round of each counts: the machine may be shared,
+so each round waits (up to `--wait` seconds) for the CPUs to go idle and reports how many cores other
+processes kept busy while it ran. The rate is set against the CPU's peak FP32 rate, estimated from lscpu
+(cores x clock x FLOPs per cycle), and against a large matrix product, the rate this CPU reaches in
+practice. The torch processes use torch's default threads, or `--threads` (on a busy machine one thread
+is often faster than two); dlib-bin's DNN runs on one core (no BLAS), as the "CPU cores used" row shows.
 
-    .venv/bin/python benchmarks/bench_embed.py [--faces 128] [--batch 32] [--rounds 3]
+    .venv/bin/python benchmarks/bench_embed.py [--faces 128] [--batch 32] [--rounds 3] [--threads N]
+        [--models inception-resnet dlib-resnet]
 """
 
 from __future__ import annotations
@@ -38,23 +49,42 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 PEER = "facenet-pytorch==2.6.0"
-GFLOP_PER_FACE = 2.84  # Inception-ResNet-v1 on one 160x160 face: 1.418 G multiply-adds
-SIDES = ("facenet-pytorch", "facerec")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A facerec backbone and the side it replaces: worker names, what the table calls the peer, cost."""
+
+    peer: str
+    ours: str
+    peer_label: str
+    gflop_per_face: float
+    size: int
+
+
+PAIRS = {
+    # Inception-ResNet-v1 on one 160x160 face: 1.418 G multiply-adds
+    "inception-resnet": Pair("facenet-pytorch", "facerec", PEER.replace("==", " "), 2.84, 160),
+    # dlib's ResNet on one 150x150 chip: 0.271 G multiply-adds (torch's FlopCounterMode, convolutions + fc)
+    "dlib-resnet": Pair("dlib", "facerec-dlib-resnet", "dlib (face_recognition_model_v1)", 0.542, 150),
+}
+SIDES = tuple(side for pair in PAIRS.values() for side in (pair.peer, pair.ours))
 
 
 # The worker processes.
 
 
-def aligned_faces(count: int, standardize) -> list:
-    """The shared aligned faces, standardized by the side's own function, repeated to `count`."""
+def aligned_faces(count: int, size: int, prepare) -> list:
+    """The shared aligned faces at `size` pixels, prepared by the side's own function, repeated to `count`."""
     from PIL import Image
 
     paths = sorted((SHARED / "faces" / "test_images_aligned").glob("*/1.png"))
-    faces = [standardize(Image.open(path).convert("RGB")) for path in paths]
+    pictures = [Image.open(path).convert("RGB") for path in paths]
+    faces = [prepare(p if p.width == size else p.resize((size, size), Image.BICUBIC)) for p in pictures]
     return [faces[i % len(faces)] for i in range(count)]
 
 
-def facenet_pytorch_side(weights: Path, count: int):
+def facenet_pytorch_side(weights: Path | None, count: int):
     import numpy as np
     import torch
     from facenet_pytorch import InceptionResnetV1, fixed_image_standardization
@@ -66,34 +96,84 @@ def facenet_pytorch_side(weights: Path, count: int):
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
         return fixed_image_standardization(pixels)
 
-    def embed(batch):
+    def embed(batch: list):
         with torch.no_grad():
-            return network(batch)
+            return network(torch.stack(batch)).numpy()
 
-    return embed, aligned_faces(count, standardize)
+    return embed, aligned_faces(count, 160, standardize)
 
 
-def facerec_side(weights: Path, count: int):
-    from facerec.align import standardize
+def facerec_side(weights: Path | None, count: int):
+    import torch
+
+    from facerec.align import standardize_pictures
     from facerec.registry import registry
     from facerec.weights import load_state_dict
 
     backbone = registry().create("backbone", "inception-resnet")
-    embed = backbone.for_inference(backbone.build(load_state_dict(weights)))
-    return embed, aligned_faces(count, standardize)
+    network = backbone.for_inference(backbone.build(load_state_dict(weights)))
+
+    def embed(batch: list):
+        return network(torch.cat(batch)).numpy()
+
+    return embed, aligned_faces(count, 160, lambda face: standardize_pictures([face], backbone.recipe))
 
 
-def work(side: str, weights: Path, count: int, batch: int, out: Path) -> None:
-    """One side's whole job; prints its timings as one JSON line and saves the embeddings to `out`."""
-    embed, faces = {"facenet-pytorch": facenet_pytorch_side, "facerec": facerec_side}[side](weights, count)
+def dlib_side(weights: Path | None, count: int):
+    """dlib's own network file, as face_recognition loads it (no `weights`: those are the seeded pair's)."""
+    import dlib
+    import face_recognition_models
     import numpy as np
+
+    encoder = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+
+    def embed(batch: list):
+        descriptors = np.array(encoder.compute_face_descriptor(batch), dtype=np.float32)
+        return descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True)
+
+    return embed, aligned_faces(count, 150, np.asarray)
+
+
+def facerec_dlib_side(weights: Path | None, count: int):
+    """facerec's dlib-resnet with its default weights, dlib-v1: the same file as dlib's (no `weights`)."""
     import torch
 
-    ready = time.perf_counter()
-    embeddings = torch.cat([embed(torch.stack(faces[i : i + batch])) for i in range(0, count, batch)])
+    from facerec.align import standardize_pictures
+    from facerec.engine import load_backbone
+
+    backbone = load_backbone("dlib-resnet")
+    recipe = backbone.plugin.recipe
+
+    def embed(batch: list):
+        return backbone.embed(torch.cat(batch)).numpy()
+
+    return embed, aligned_faces(count, 150, lambda face: standardize_pictures([face], recipe))
+
+
+WORKERS = {
+    "facenet-pytorch": facenet_pytorch_side,
+    "facerec": facerec_side,
+    "dlib": dlib_side,
+    "facerec-dlib-resnet": facerec_dlib_side,
+}
+
+
+def work(side: str, weights: Path | None, count: int, batch: int, out: Path) -> None:
+    """One side's whole job; prints its timings as one JSON line and saves the embeddings to `out`."""
+    embed, faces = WORKERS[side](weights, count)
+    import numpy as np
+
+    torch = sys.modules.get("torch")  # not imported by the dlib side, whose process needs none
+    ready, cpu = time.perf_counter(), time.process_time()
+    embeddings = np.concatenate([embed(faces[i : i + batch]) for i in range(0, count, batch)])
     done = time.perf_counter()
-    np.save(out, embeddings.numpy(), allow_pickle=False)
-    timings = {"setup_s": ready - STARTED, "embed_s": done - ready, "threads": torch.get_num_threads()}
+    np.save(out, embeddings, allow_pickle=False)
+    timings = {
+        "setup_s": ready - STARTED,
+        "embed_s": done - ready,
+        "embed_cpu_s": time.process_time() - cpu,
+        "threads": torch.get_num_threads() if torch else None,
+    }
     print(json.dumps(timings))
 
 
@@ -142,14 +222,16 @@ def wait_for_idle(limit_s: float) -> None:
             return
 
 
-def run_side(side: str, weights: Path, args: argparse.Namespace, out: Path) -> dict:
+def run_side(side: str, weights: Path | None, args: argparse.Namespace, out: Path) -> dict:
     """One worker process, timed whole; also the cores other processes kept busy meanwhile."""
-    command = [sys.executable, __file__, "--worker", side, "--weights", str(weights), "--out", str(out)]
+    command = [sys.executable, __file__, "--worker", side, "--out", str(out)]
     command += ["--faces", str(args.faces), "--batch", str(args.batch)]
+    command += ["--weights", str(weights)] if weights else []
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None
     wait_for_idle(args.wait)
     busy, ours = busy_cpu_seconds(), children_cpu_seconds()
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     elapsed = time.perf_counter() - started
     others = (busy_cpu_seconds() - busy) - (children_cpu_seconds() - ours)
     if result.returncode != 0:
@@ -231,22 +313,26 @@ def _timed(call) -> float:
     return time.perf_counter() - started
 
 
-def table(best: dict[str, dict], args: argparse.Namespace, peak: Peak, matmul: float, diff: float) -> str:
-    peer, ours = best["facenet-pytorch"], best["facerec"]
+def table(pair: Pair, best: dict[str, dict], args, peak: Peak, matmul: float, diff: float) -> str:
+    peer, ours = best[pair.peer], best[pair.ours]
 
     def rate(side: dict) -> float:
-        return args.faces * GFLOP_PER_FACE / side["embed_s"]
+        return args.faces * pair.gflop_per_face / side["embed_s"]
+
+    def cores(side: dict) -> str:
+        return f"{side['embed_cpu_s'] / side['embed_s']:.2f}"
 
     rows = [
         ("whole process, s", f"{peer['process_s']:.2f}", f"{ours['process_s']:.2f}", peer["process_s"] / ours["process_s"]),
         (f"embedding {args.faces} faces, s", f"{peer['embed_s']:.2f}", f"{ours['embed_s']:.2f}", peer["embed_s"] / ours["embed_s"]),
         ("faces/s (embedding)", f"{args.faces / peer['embed_s']:.1f}", f"{args.faces / ours['embed_s']:.1f}", None),
+        ("CPU cores used (embedding)", cores(peer), cores(ours), None),
         ("GFLOP/s (embedding)", f"{rate(peer):.0f}", f"{rate(ours):.0f}", None),
         (f"share of peak FP32 per lscpu ({peak.gflops:.0f} GFLOP/s)", f"{rate(peer) / peak.gflops:.0%}", f"{rate(ours) / peak.gflops:.0%}", None),
         (f"share of a measured 3072² matmul ({matmul:.0f} GFLOP/s)", f"{rate(peer) / matmul:.0%}", f"{rate(ours) / matmul:.0%}", None),
     ]  # fmt: skip
     lines = [
-        f"| {args.faces} faces, batch {args.batch}, {ours['threads']} threads | {PEER.replace('==', ' ')} | facerec | speedup |",
+        f"| {args.faces} faces of {pair.size}x{pair.size}, batch {args.batch}, torch on {ours['threads']} thread{'s' if ours['threads'] > 1 else ''} | {pair.peer_label} | facerec | speedup |",
         "| --- | ---: | ---: | ---: |",
     ]  # fmt: skip
     lines += [f"| {name} | {a} | {b} | {f'{s:.2f}x' if s else ''} |" for name, a, b, s in rows]
@@ -255,36 +341,51 @@ def table(best: dict[str, dict], args: argparse.Namespace, peak: Peak, matmul: f
             f"\nThe matmul beats the lscpu estimate: the CPU runs above its reported clock (at least "
             f"{peak.ghz * matmul / peak.gflops:.2f} GHz), so the matmul row is the truer share of peak."
         )
-    lines.append(f"\nmax abs difference of the embeddings, facerec vs facenet-pytorch: {diff:.1e}")
+    lines.append(f"\nmax abs difference of the unit embeddings, facerec vs {pair.peer}: {diff:.1e}")
     lines.append(
         f"other processes kept {peer['other_cores']:.2f} / {ours['other_cores']:.2f} cores busy during these runs"
     )
     return "\n".join(lines)
 
 
+def best_rounds(pair: Pair, weights: Path | None, folder: Path, args) -> dict[str, dict]:
+    """Each side's fastest whole process over the rounds, which alternate the two sides."""
+    best: dict[str, dict] = {}
+    for round_number in range(1, args.rounds + 1):
+        for side in (pair.peer, pair.ours):
+            timings = run_side(side, weights, args, folder / f"{side}.npy")
+            print(
+                f"round {round_number} {side:19s} process {timings['process_s']:.2f} s, "
+                f"setup {timings['setup_s']:.2f} s, embedding {timings['embed_s']:.2f} s, "
+                f"other processes {timings['other_cores']:.2f} cores",
+                flush=True,
+            )
+            if side not in best or timings["process_s"] < best[side]["process_s"]:
+                best[side] = timings
+    return best
+
+
 def compare(args: argparse.Namespace) -> None:
     import numpy as np
 
-    ensure_peer()
     peak = estimated_peak()
     print(f"peak FP32 estimate: {peak.how}")
-    with tempfile.TemporaryDirectory() as folder:
-        weights = seeded_weights(Path(folder))
-        best: dict[str, dict] = {}
-        for round_number in range(1, args.rounds + 1):
-            for side in SIDES:
-                timings = run_side(side, weights, args, Path(folder) / f"{side}.npy")
-                print(
-                    f"round {round_number} {side:15s} process {timings['process_s']:.2f} s, "
-                    f"setup {timings['setup_s']:.2f} s, embedding {timings['embed_s']:.2f} s, "
-                    f"other processes {timings['other_cores']:.2f} cores"
-                )
-                if side not in best or timings["process_s"] < best[side]["process_s"]:
-                    best[side] = timings
-        outputs = [np.load(Path(folder) / f"{side}.npy") for side in SIDES]
-    diff = float(np.abs(outputs[0] - outputs[1]).max())
-    print()
-    print(table(best, args, peak, matmul_gflops(args.wait), diff))
+    tables = []
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        for model in args.models:
+            pair = PAIRS[model]
+            weights = None
+            if model == "inception-resnet":
+                ensure_peer()
+                weights = seeded_weights(folder)
+            best = best_rounds(pair, weights, folder, args)
+            outputs = [np.load(folder / f"{side}.npy") for side in (pair.peer, pair.ours)]
+            tables.append((pair, best, float(np.abs(outputs[0] - outputs[1]).max())))
+    matmul = matmul_gflops(args.wait)
+    for pair, best, diff in tables:
+        print()
+        print(table(pair, best, args, peak, matmul, diff))
 
 
 def main() -> None:
@@ -292,6 +393,8 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", nargs="+", choices=list(PAIRS), default=list(PAIRS))
+    parser.add_argument("--threads", type=int, help="torch's threads (OMP_NUM_THREADS; default: torch's)")
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for idle CPUs per run")
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)

@@ -1,14 +1,21 @@
 """Search speed and recall of facerec's `faiss` head, side by side with face_recognition's way and NumPy.
 
-The gallery is synthetic but shaped like a face gallery, not uniform noise on the 512-sphere (the worst
-case for any approximate index, and nothing like faces). Face embeddings have a low intrinsic
-dimension: Gong, Boddeti & Jain (CVPR 2019) measure about 16 for SphereFace's 512-d vectors and 9-12 for
-FaceNet's 128-d ones. So identities are random unit centres in a random `--intrinsic-dim`-dimensional
-subspace (default 32, twice their figure), each enrolled `--per-identity` times with within-person
-variation in that subspace (pose, light, expression) plus a small residual in all 512 dimensions; queries
-are fresh samples of enrolled identities. Two photos of one person then lie about 0.8 apart (Euclidean,
-unit vectors), as vggface2 embeddings of one person do, and two people about 1.41 apart.
-`--intrinsic-dim 512` gives the isotropic worst case.
+The galleries are synthetic but shaped like face galleries, not uniform noise on the sphere (the worst
+case for any approximate index, and nothing like faces), in the two sizes facerec's backbones produce:
+512-d (inception-resnet) and 128-d (dlib-resnet, face_recognition's encodings). Face embeddings have a
+low intrinsic dimension: Gong, Boddeti & Jain (CVPR 2019) measure about 16 for SphereFace's 512-d vectors
+and 9-12 for FaceNet's 128-d ones. So identities are random centres in a random `--intrinsic-dim`-
+dimensional subspace (default 32, twice their figure), each enrolled `--per-identity` times with
+within-person variation in that subspace (pose, light, expression) plus a small residual in all
+dimensions; queries are fresh samples of enrolled identities. `--intrinsic-dim 512` (or 128) gives the
+isotropic worst case.
+
+- 512-d: centres anywhere on the subspace's unit sphere. Two photos of one person then lie about 0.8
+  apart (Euclidean, unit vectors), as vggface2 embeddings of one person do, and two people about 1.41.
+- 128-d: dlib's descriptors, scaled to unit length, crowd around one direction. On the 34 faces of
+  ../shared/faces their mean has length 0.92, two photos of one person lie 0.27 apart on average and two
+  people 0.57. So each centre is unit(c + 0.4 u), c a common direction orthogonal to the subspace and u
+  on the subspace's unit sphere, and the variation is smaller: the galleries give 0.91, 0.28 and 0.58.
 
 Rows:
 - face_recognition: its `face_distance` (np.linalg.norm(known - query, axis=1)) then argmin, one query
@@ -18,7 +25,10 @@ Rows:
   `search(queries, k)` as identify uses it (identity de-duplication included); recall@1 is the share of
   queries whose nearest vector from the index is the exact nearest vector.
 
-    .venv/bin/python benchmarks/bench_search.py --sizes 10000 100000 1000000
+Each gallery first waits (up to `--wait` seconds) for the CPUs to go idle; a line under its table says
+how many cores other processes kept busy meanwhile.
+
+    .venv/bin/python benchmarks/bench_search.py [--sizes 10000 100000 1000000] [--dims 512 128]
 """
 
 from __future__ import annotations
@@ -26,7 +36,11 @@ from __future__ import annotations
 import argparse
 import gc
 import math
+import resource
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -34,10 +48,26 @@ import torch
 
 from facerec_plugins.faiss_head import FaissHead
 
-DIM = 512
-POSE = 0.6  # within-person variation, in the intrinsic subspace
-RESIDUAL = 0.33  # everything else, in all dimensions; with POSE: ~0.8 between two photos of a person
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_embed import busy_cpu_seconds, wait_for_idle
+
 CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a backbone's unit embeddings of faces spread, as the module docstring describes."""
+
+    dim: int
+    pose: float  # within-person variation, in the intrinsic subspace
+    residual: float  # everything else, in all dimensions
+    spread: float | None  # the centres' distance from a common direction; None: no common direction
+
+
+GEOMETRIES = {
+    512: Geometry(512, pose=0.6, residual=0.33, spread=None),  # inception-resnet (vggface2-like)
+    128: Geometry(128, pose=0.18, residual=0.09, spread=0.4),  # dlib-resnet
+}
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -48,36 +78,51 @@ def unit_rows(matrix: np.ndarray) -> np.ndarray:
 class FaceLikeSpace:
     """Identity centres and photos of them, as described in the module docstring."""
 
-    def __init__(self, identities: int, intrinsic: int, seed: int = 0) -> None:
+    def __init__(self, identities: int, intrinsic: int, geometry: Geometry, seed: int = 0) -> None:
         self.rng = np.random.default_rng(seed)
-        self.intrinsic = intrinsic
-        basis = np.linalg.qr(self.rng.standard_normal((DIM, intrinsic)))[0].T  # orthonormal rows
+        room = geometry.dim - (geometry.spread is not None)  # the common direction takes one dimension
+        self.intrinsic, self.geometry = min(intrinsic, room), geometry
+        basis = np.linalg.qr(self.rng.standard_normal((geometry.dim, intrinsic)))[0].T  # orthonormal rows
         self.basis = basis.astype(np.float32)
-        self.centres = np.empty((identities, DIM), dtype=np.float32)
+        self.common = self._common_direction() if geometry.spread is not None else None
+        self.centres = np.empty((identities, geometry.dim), dtype=np.float32)
         for start in range(0, identities, CHUNK):
             stop = min(start + CHUNK, identities)
-            self.centres[start:stop] = unit_rows(self._in_subspace(stop - start))
+            self.centres[start:stop] = self._centres(stop - start)
+
+    def _common_direction(self) -> np.ndarray:
+        """A unit vector orthogonal to the subspace."""
+        vector = self.rng.standard_normal(self.geometry.dim).astype(np.float32)
+        vector -= self.basis.T @ (self.basis @ vector)
+        return vector / np.linalg.norm(vector)
+
+    def _centres(self, count: int) -> np.ndarray:
+        centres = unit_rows(self._in_subspace(count))
+        if self.common is None:
+            return centres
+        return unit_rows(self.common + self.geometry.spread * centres)
 
     def _in_subspace(self, count: int) -> np.ndarray:
         return self.rng.standard_normal((count, self.intrinsic), dtype=np.float32) @ self.basis
 
     def photos(self, owners: np.ndarray) -> np.ndarray:
         """One fresh unit vector of identity `owners[i]` per row, built in chunks."""
-        out = np.empty((len(owners), DIM), dtype=np.float32)
+        dim, pose, residual = self.geometry.dim, self.geometry.pose, self.geometry.residual
+        out = np.empty((len(owners), dim), dtype=np.float32)
         for start in range(0, len(owners), CHUNK):
             rows = owners[start : start + CHUNK]
-            pose = POSE / math.sqrt(self.intrinsic) * self._in_subspace(len(rows))
-            residual = (
-                RESIDUAL / math.sqrt(DIM) * self.rng.standard_normal((len(rows), DIM), dtype=np.float32)
-            )
-            out[start : start + len(rows)] = unit_rows(self.centres[rows] + pose + residual)
+            variation = pose / math.sqrt(self.intrinsic) * self._in_subspace(len(rows))
+            noise = residual / math.sqrt(dim) * self.rng.standard_normal((len(rows), dim), dtype=np.float32)
+            out[start : start + len(rows)] = unit_rows(self.centres[rows] + variation + noise)
         return out
 
 
-def face_like_gallery(size: int, per_identity: int, queries: int, intrinsic: int, seed: int = 0):
+def face_like_gallery(
+    size: int, per_identity: int, queries: int, intrinsic: int, geometry: Geometry, seed: int = 0
+):
     """(gallery vectors, their identity labels, query vectors)."""
     identities = max(1, size // per_identity)
-    space = FaceLikeSpace(identities, intrinsic, seed)
+    space = FaceLikeSpace(identities, intrinsic, geometry, seed)
     labels = np.arange(size) % identities
     gallery = space.photos(labels)
     query_vectors = space.photos(space.rng.integers(0, identities, queries))
@@ -126,25 +171,27 @@ def numpy_matmul_search(known: np.ndarray):
 
 
 def exact_nearest(known: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    index = faiss.IndexFlatIP(DIM)
+    index = faiss.IndexFlatIP(known.shape[1])
     index.add(known)
     return index.search(queries, 1)[1][:, 0]
 
 
-def bench_size(size: int, args) -> list[dict]:
-    known, labels, queries = face_like_gallery(size, args.per_identity, args.queries, args.intrinsic_dim)
+def bench_size(size: int, dim: int, args) -> list[dict]:
+    known, labels, queries = face_like_gallery(
+        size, args.per_identity, args.queries, args.intrinsic_dim, GEOMETRIES[dim]
+    )
     truth = exact_nearest(known, queries)
     single = queries[: args.single_queries]
     rows = []
 
     scan_queries = single[: max(10, args.single_queries * 10_000 // size)]  # ~1 s a query at 1M
     p50, p99 = latencies_ms(face_recognition_search(known), scan_queries)
-    rows.append(row(size, "face_recognition (np.linalg.norm)", 0.0, p50, p99, 1000 / p50, 1.0, 0.0))
+    rows.append(row(size, dim, "face_recognition (np.linalg.norm)", 0.0, p50, p99, 1000 / p50, 1.0, 0.0))
 
     matmul = numpy_matmul_search(known)
     p50, p99 = latencies_ms(matmul, single)
     qps = batch_qps(matmul, queries, args.batch)
-    rows.append(row(size, "numpy matmul", 0.0, p50, p99, qps, 1.0, 0.0))
+    rows.append(row(size, dim, "numpy matmul", 0.0, p50, p99, qps, 1.0, 0.0))
 
     label_names = [str(label) for label in labels]
     for kind in args.indexes:
@@ -159,14 +206,15 @@ def bench_size(size: int, args) -> list[dict]:
         recall = float(np.mean(found == truth))
         p50, p99 = latencies_ms(lambda q, head=head: head.search(torch.from_numpy(q), args.k), single)
         qps = batch_qps(lambda q, head=head: head.search(torch.from_numpy(q), args.k), queries, args.batch)
-        rows.append(row(size, f"facerec faiss {kind}", build_s, p50, p99, qps, recall, memory))
+        rows.append(row(size, dim, f"facerec faiss {kind}", build_s, p50, p99, qps, recall, memory))
         del head
     return rows
 
 
-def row(size, method, build_s, p50, p99, qps, recall, memory_mb) -> dict:
+def row(size, dim, method, build_s, p50, p99, qps, recall, memory_mb) -> dict:
     return {
         "vectors": size,
+        "dims": dim,
         "method": method,
         "build_s": build_s,
         "p50_ms": p50,
@@ -179,29 +227,36 @@ def row(size, method, build_s, p50, p99, qps, recall, memory_mb) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| vectors | method | build (s) | p50 (ms) | p99 (ms) | queries/s (batched) | recall@1 | index memory (MB) |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| vectors | dims | method | build (s) | p50 (ms) | p99 (ms) | queries/s (batched) | recall@1 | index memory (MB) |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['vectors']:,} | {r['method']} | {r['build_s']:.1f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} "
+            f"| {r['vectors']:,} | {r['dims']} | {r['method']} | {r['build_s']:.1f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} "
             f"| {r['qps']:,.{1 if r['qps'] < 10 else 0}f} | {r['recall@1']:.4f} | {r['index_mb']:,.0f} |"
         )
     return "\n".join(lines)
 
 
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--dims", type=int, nargs="+", choices=list(GEOMETRIES), default=list(GEOMETRIES))
     parser.add_argument("--indexes", nargs="+", default=["flat", "hnsw", "ivf"])
     parser.add_argument("--per-identity", type=int, default=4, help="enrolled samples per identity")
     parser.add_argument("--queries", type=int, default=2000, help="queries for recall and batched speed")
     parser.add_argument("--single-queries", type=int, default=300, help="queries timed one at a time")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--k", type=int, default=3, help="candidates per query, as identify's --top-k")
-    parser.add_argument("--intrinsic-dim", type=int, default=32, help="512: isotropic worst case")
+    parser.add_argument("--intrinsic-dim", type=int, default=32, help="the dims: isotropic worst case")
     parser.add_argument("--ef-search", type=int, help="default: the head's")
     parser.add_argument("--nprobe", type=int, help="default: the head's")
+    parser.add_argument("--wait", type=float, default=120, help="seconds to wait for idle CPUs per gallery")
     args = parser.parse_args()
     args.head_options = {
         name: value
@@ -214,8 +269,17 @@ def main() -> None:
     )
     rows = []
     for size in args.sizes:
-        rows.extend(bench_size(size, args))
-        print(markdown(rows), flush=True)
+        for dim in args.dims:
+            wait_for_idle(args.wait)
+            busy, ours, started = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
+            rows.extend(bench_size(size, dim, args))
+            others = (busy_cpu_seconds() - busy) - (own_cpu_seconds() - ours)
+            print(markdown(rows), flush=True)
+            print(
+                f"{size:,} x {dim}-d: other processes kept {max(others, 0.0) / (time.perf_counter() - started):.2f} "
+                "cores busy",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

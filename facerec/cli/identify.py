@@ -29,7 +29,7 @@ UNKNOWN = "unknown"
     type=float,
     help="Largest distance at which the nearest identity is accepted; beyond it the face is unknown. "
     "Default: for the faiss head, the same-person distance the gallery's weights declare (Euclidean "
-    "between unit embeddings: vggface2 1.0, dlib-v1 0.6); for the classifier head 0.5 (probability "
+    "between unit embeddings: vggface2 1.0, dlib-v1 0.38); for the classifier head 0.5 (probability "
     "at least 0.5).",
 )
 @click.option(
