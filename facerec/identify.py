@@ -95,7 +95,7 @@ class Identifier:
             yield IdentifiedImage(
                 result.path,
                 [
-                    _decide(face, candidates, threshold)
+                    decide(face, candidates, threshold)
                     for face, candidates in zip(result.faces, found, strict=True)
                 ],
             )
@@ -122,7 +122,7 @@ def check_threshold(threshold: float | None) -> None:
         )
 
 
-def _decide(face: Face, candidates: list[tuple[str, float]], threshold: float) -> Identification:
+def decide(face: Face, candidates: list[tuple[str, float]], threshold: float) -> Identification:
     if not candidates:
         return Identification(face, None, None, [])
     name, distance = candidates[0]

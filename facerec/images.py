@@ -22,6 +22,8 @@ from facerec.errors import FacerecError
 MAX_PIXELS = 100_000_000  # 10k x 10k: more than any camera; past this, refuse rather than allocate
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Set once, not per call: catch_warnings() changes process-wide state and is not safe across threads.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
 class ImageError(FacerecError):
@@ -42,14 +44,12 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     if path.stat().st_size == 0:
         raise ImageError(path, "cannot decode image: empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise ImageError(path, f"refused: {width}x{height} pixels is more than {MAX_PIXELS}")
-                image.load()
-                return _to_rgb(ImageOps.exif_transpose(image))
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(path, f"refused: {width}x{height} pixels is more than {MAX_PIXELS}")
+            image.load()
+            return _to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
         raise
     except UnidentifiedImageError:

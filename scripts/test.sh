@@ -4,5 +4,13 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
 cd "$root"
+# The web page's test drives Debian's chromium (Playwright's own browser download is not used).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "scripts/test.sh: /usr/bin/chromium is missing (sudo apt-get install chromium); tests/test_serve_browser.py needs it" >&2
+  fi
+fi
 .venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"

@@ -19,7 +19,18 @@ from facerec.errors import FacerecError, UsageError
 
 BUILTIN_COMMANDS = {
     name: f"facerec.cli.{name}"
-    for name in ("detect", "embed", "index", "identify", "gallery", "demo", "train", "evaluate", "plugins")
+    for name in (
+        "detect",
+        "embed",
+        "index",
+        "identify",
+        "gallery",
+        "serve",
+        "demo",
+        "train",
+        "evaluate",
+        "plugins",
+    )
 }
 
 

@@ -1,0 +1,354 @@
+"""The HTTP API (DESIGN.md, "HTTP service"): the FastAPI application of `facerec serve`.
+
+Every answer about an image is the object `facerec detect|embed|identify --json` prints for it, with the
+uploaded file's name as `image`. Every error is {"error": "one line"} with its status: 400 bad image or
+option, 401 no or unknown key, 403 a read key on a write, 404, 409 a photo enrolled under another name,
+413 a body over --max-upload, 415 not an image, 503 busy; never a traceback.
+
+What runs where: the event loop only parses requests and awaits; decoding and detection run in the CPU
+pool, embedding in the batcher's thread (facerec.service.models), gallery reads in the threadpool,
+edits on a writer thread. Keys are checked before a body is read (Authorization below).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from facerec import __version__
+from facerec.errors import FacerecError
+from facerec.identify import DEFAULT_TOP_K
+from facerec.service import answers, edits
+from facerec.service.auth import Keys, allows
+from facerec.service.errors import ServiceError, error_response
+from facerec.service.limits import Admission, BodyLimit
+from facerec.service.models import Models, Prepared, Upload
+from facerec.service.view import ServedGallery, View, face_json
+
+STATIC = Path(__file__).parent / "static"
+PAGE_POLICY = (  # the page loads nothing but its own files and talks only to this server
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+log = logging.getLogger("uvicorn.error")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `facerec serve` was told: the gallery, the keys and the limits."""
+
+    gallery: Path
+    keys: Keys = field(default_factory=Keys)
+    max_upload: int = 20_000_000
+    max_queue: int = 64
+
+
+class Service:
+    """One gallery served with one set of models.
+
+    Edits run one after another on a thread of their own: one waiting for another process's write
+    holds that thread, never the threadpool that reads the gallery for every other request.
+    """
+
+    def __init__(self, settings: Settings, models: Models) -> None:
+        self.settings = settings
+        self.models = models
+        self.gallery = ServedGallery(settings.gallery, models.made)
+        self.admission = Admission(settings.max_queue)
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="facerec-writer")
+
+    def start(self) -> None:
+        self.models.start()
+
+    def stop(self) -> None:
+        self.writer.shutdown()
+        self.models.stop()
+
+    async def view(self) -> View:
+        return await run_in_threadpool(self.gallery.current)
+
+    async def edit(self, change: Callable[..., T], *args: Any) -> T:
+        """`change(gallery, *args)` (facerec.service.edits) on the writer thread, admitted as image work
+        is: edits waiting for the gallery count towards --max-queue."""
+        with self.admission.admit():
+            return await asyncio.get_running_loop().run_in_executor(
+                self.writer, change, self.settings.gallery, *args
+            )
+
+    async def detected(self, image: UploadFile) -> Prepared:
+        """Stage one for an uploaded file (see facerec.service.models)."""
+        return await self.models.detect(await upload(image))
+
+
+async def upload(image: UploadFile) -> Upload:
+    """The bytes of an uploaded file, named as the client named it (else by its field)."""
+    return Upload(image.filename or "image", await image.read())
+
+
+def create_app(service: Service) -> FastAPI:
+    """The application serving `service`: the API under /v1, /health, the page at /, docs at /docs."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPIOffline(
+        title="facerec",
+        version=__version__,
+        summary="Face detection, embedding, identification and enrollment over HTTP.",
+        lifespan=lifespan,
+    )
+    _answer_errors(app)
+    app.add_middleware(Answers)  # the last added runs first: keys, then the body's size, then the rest
+    app.add_middleware(BodyLimit, limit=service.settings.max_upload)
+    app.add_middleware(Authorization, keys=service.settings.keys)
+    _images(app, service)
+    _identities(app, service)
+    _page(app, service)
+    return app
+
+
+def _documented_keys(service: Service) -> list:
+    """With keys, each /v1 route declares the bearer scheme, so the docs show it and offer to send one
+    (the check itself is Authorization's, done before the body is read)."""
+    return [Depends(HTTPBearer(auto_error=False))] if service.settings.keys else []
+
+
+ImageField = Annotated[UploadFile, File(description="The photo (JPEG, PNG, WebP, ...).")]
+TopK = Annotated[int, Query(ge=1, le=100, description="Candidates per face.")]
+Threshold = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        allow_inf_nan=False,
+        description="Largest distance at which the nearest identity is accepted [default: the gallery's].",
+    ),
+]
+
+
+def _images(app: FastAPI, service: Service) -> None:
+    keys = _documented_keys(service)
+
+    @app.post("/v1/detect", dependencies=keys, tags=["images"])
+    async def detect(image: ImageField) -> dict[str, Any]:
+        """Faces of the photo, largest first: box, score, landmarks (as `facerec detect --json`)."""
+        with service.admission.admit():
+            prepared = await service.detected(image)
+        return prepared.result.to_json()
+
+    @app.post("/v1/embed", dependencies=keys, tags=["images"])
+    async def embed(image: ImageField) -> dict[str, Any]:
+        """Faces with their unit embeddings (as `facerec embed --json`)."""
+        with service.admission.admit():
+            result = await service.models.embed(await service.detected(image))
+        return result.to_json()
+
+    @app.post("/v1/identify", dependencies=keys, tags=["images"])
+    async def identify(
+        image: ImageField, top_k: TopK = DEFAULT_TOP_K, threshold: Threshold = None
+    ) -> dict[str, Any]:
+        """Faces named by the gallery, or null beyond the threshold (as `facerec identify --json`)."""
+        with service.admission.admit():
+            result = await service.models.embed(await service.detected(image))
+        view = await service.view()
+        limit = threshold if threshold is not None else answers.identify_threshold(view, service.models.made)
+        found = await run_in_threadpool(answers.identified, view, result, limit, top_k)
+        return found.to_json()
+
+    @app.post("/v1/verify", dependencies=keys, tags=["images"])
+    async def verify(image1: ImageField, image2: ImageField, threshold: Threshold = None) -> dict[str, Any]:
+        """Whether the largest faces of two photos are the same person."""
+        with service.admission.admit():
+            prepared = await asyncio.gather(service.detected(image1), service.detected(image2))
+            first, second = await asyncio.gather(*map(service.models.embed, prepared))
+        view = await service.view()
+        limit = (
+            threshold
+            if threshold is not None
+            else answers.distance_threshold(view.provenance or service.models.made)
+        )
+        return answers.verified(first, second, limit)
+
+
+def _identities(app: FastAPI, service: Service) -> None:
+    keys = _documented_keys(service)
+
+    @app.get("/v1/identities", dependencies=keys, tags=["identities"])
+    async def identities() -> list[dict[str, Any]]:
+        """Every identity with its number of faces."""
+        view = await service.view()
+        return [{"identity": name, "faces": count} for name, count in view.identities().items()]
+
+    @app.get("/v1/identities/{identity}", dependencies=keys, tags=["identities"])
+    async def identity_faces(identity: str) -> dict[str, Any]:
+        """The faces of one identity: id, box, source photo, when added."""
+        view = await service.view()
+        if identity not in view.faces:
+            raise ServiceError(404, f"no identity {identity!r} in this gallery")
+        return {"identity": identity, "faces": [face_json(entry) for entry in view.faces[identity]]}
+
+    @app.post("/v1/identities/{identity}/faces", status_code=201, dependencies=keys, tags=["identities"])
+    async def enroll(identity: str, image: ImageField) -> JSONResponse:
+        """Enroll the largest face of the photo under `identity` (201; 200 when this photo already is)."""
+        edits.check_identity(identity)
+        with service.admission.admit():
+            photo = await upload(image)
+            prepared = await service.models.detect(photo)
+            if not prepared.result.faces:
+                raise ServiceError(400, f"{photo.name}: no face found")
+            (vector,) = await service.models.batcher.run(prepared.faces[:1])
+        enrolled = await service.edit(
+            edits.enroll,
+            service.models.made,
+            identity,
+            photo.data,
+            prepared.format,
+            prepared.result.faces[0],
+            vector,
+        )
+        return JSONResponse(enrolled.to_json(), status_code=201 if enrolled.created else 200)
+
+    @app.delete(
+        "/v1/identities/{identity}/faces/{face_id}", status_code=204, dependencies=keys, tags=["identities"]
+    )
+    async def delete_face(identity: str, face_id: str) -> Response:
+        """Delete one face of an identity."""
+        await service.edit(edits.delete, identity, face_id)
+        return Response(status_code=204)
+
+    @app.delete("/v1/identities/{identity}", status_code=204, dependencies=keys, tags=["identities"])
+    async def delete_identity(identity: str) -> Response:
+        """Delete an identity with all its faces."""
+        await service.edit(edits.delete, identity)
+        return Response(status_code=204)
+
+
+def _page(app: FastAPI, service: Service) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
+
+    @app.get("/health", tags=["service"])
+    async def health() -> dict[str, Any]:
+        """Whether the server answers, and what it serves."""
+        view = await service.view()
+        return {
+            "status": "ok",
+            "gallery": view.version,
+            "identities": len(view.faces),
+            "faces": view.face_count,
+        }
+
+
+def _answer_errors(app: FastAPI) -> None:
+    """Every error as {"error": "one line"}."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_request: Request, error: ServiceError) -> JSONResponse:
+        return error_response(error.status, str(error), error.headers)
+
+    @app.exception_handler(FacerecError)
+    async def facerec_error(_request: Request, error: FacerecError) -> JSONResponse:
+        return error_response(500, str(error))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        messages = {
+            404: f"no such endpoint: {request.method} {request.url.path}",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }
+        return error_response(error.status_code, messages.get(error.status_code, str(error.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
+        return error_response(400, f"{where}: {first['msg']}" if where else first["msg"])
+
+
+class Authorization:
+    """With keys, every /v1 request needs `Authorization: Bearer KEY`: a read key for what reads, a
+    write key for what changes the gallery (POST under /v1/identities, DELETE). Checked before anything
+    of the request's body is read; the key is never logged or repeated."""
+
+    def __init__(self, app: ASGIApp, keys: Keys) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.keys and scope["path"].startswith("/v1/"):
+            refusal = self.refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, scope: Scope) -> JSONResponse | None:
+        method, path = scope["method"], scope["path"]
+        needed = (
+            "write"
+            if method == "DELETE" or (method == "POST" and path.startswith("/v1/identities"))
+            else "read"
+        )
+        headers = dict(scope["headers"])
+        scheme, _, key = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if scheme.lower() != "bearer" or not key.strip():
+            return error_response(401, "an API key is needed: send Authorization: Bearer KEY", challenge)
+        scope_of_key = self.keys.scope(key.strip())
+        if scope_of_key is None:
+            return error_response(401, "unknown API key", challenge)
+        if not allows(scope_of_key, needed):
+            return error_response(403, "this API key may only read; enrolling and deleting need a write key")
+        return None
+
+
+class Answers:
+    """An unexpected failure is answered 500 {"error": ...} and logged in one line (with the traceback
+    only under FACEREC_DEBUG), like the CLI's internal errors."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as error:
+            if scope["type"] != "http" or started or os.environ.get("FACEREC_DEBUG"):
+                raise
+            line = f"internal error: {type(error).__name__}: {error}"
+            log.error(
+                "%s %s: %s (set FACEREC_DEBUG=1 for the traceback)", scope["method"], scope["path"], line
+            )
+            await error_response(500, line)(scope, receive, send)

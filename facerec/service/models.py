@@ -1,0 +1,137 @@
+"""The models of one server process, loaded once, and the two stages every uploaded image goes through.
+
+Stage one runs in a small pool of CPU threads, off the event loop: the upload is written to a private
+spool file and goes through the engine's own Pipeline without its backbone, exactly as `facerec detect`
+reads a file (facerec.images.load_image with its guards against bombs and truncated files, the detector,
+the aligner); the aligned faces are standardized by the backbone's recipe. Stage two hands the faces to
+the dynamic batcher (facerec.service.batching), which embeds the faces of concurrent requests in one
+backbone call. The pool is as large as the machine has cores: more threads would only share them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from facerec.align import standardize_pictures
+from facerec.engine import ImageResult, Pipeline
+from facerec.provenance import Provenance
+from facerec.service.batching import Batcher
+from facerec.service.errors import ServiceError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded image: the client's file name (what the JSON's `image` says) and its bytes."""
+
+    name: str
+    data: bytes
+
+
+@dataclass
+class Prepared:
+    """An upload after stage one: its faces (largest first, with crops), standardized for the backbone."""
+
+    result: ImageResult
+    faces: torch.Tensor
+    format: str  # PIL's name of the file's format (JPEG, PNG, ...)
+
+
+class Models:
+    """The pipeline (detector, aligner, backbone) of the gallery's models, `made` their provenance."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        made: Provenance,
+        max_faces: int = 32,
+        max_wait: float = 0.005,
+        workers: int | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.made = made
+        self.detecting = replace(pipeline, backbone=None)
+        self.batcher = Batcher(pipeline.backbone.embed, max_faces, max_wait)
+        self.workers = workers or os.cpu_count() or 1
+        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="facerec-cpu")
+        self.spool = tempfile.mkdtemp(prefix="facerec-serve-")
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    def stop(self) -> None:
+        self.batcher.stop()
+        self.executor.shutdown()
+        shutil.rmtree(self.spool, ignore_errors=True)
+
+    async def on_cpu(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` in the CPU pool, awaited without blocking the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, work, *args)
+
+    async def detect(self, upload: Upload) -> Prepared:
+        """Stage one for `upload`; ServiceError 415 for what is not an image, 400 for a bad image."""
+        return await self.on_cpu(self._prepare, upload)
+
+    async def embed(self, prepared: Prepared) -> ImageResult:
+        """Stage two: the result of stage one with its faces' embeddings."""
+        faces = prepared.faces
+        found = await self.batcher.run(faces) if len(faces) else torch.empty(0, self.made.embedding_size)
+        prepared.result.embeddings = found
+        return prepared.result
+
+    def _prepare(self, upload: Upload) -> Prepared:
+        kind = image_format(upload)
+        with tempfile.NamedTemporaryFile(dir=self.spool) as spooled:
+            spooled.write(upload.data)
+            spooled.flush()
+            (result,) = self.detecting.run([spooled.name])
+        result.path = upload.name
+        if result.error is not None:
+            raise ServiceError(400, f"{upload.name}: {result.error}")
+        size = self.pipeline.recipe.size
+        faces = (
+            standardize_pictures(result.crops, self.pipeline.recipe)
+            if result.crops
+            else torch.empty(0, 3, size, size)
+        )
+        return Prepared(result, faces, kind)
+
+
+def warm_up(pipeline: Pipeline) -> None:
+    """Load every model of `pipeline` now (parts load their networks on first use): a missing weights
+    file is reported before the server listens, and the first requests do not pay for the loading."""
+    size = pipeline.recipe.size
+    pipeline.detector.detect([Image.new("RGB", (size, size))])
+    pipeline.backbone.embed(torch.zeros(1, 3, size, size))
+
+
+def image_format(upload: Upload) -> str:
+    """The format PIL recognizes in the upload's first bytes; ServiceError 415 when none does.
+
+    Only the header is read here: decoding, with every guard, is facerec.images.load_image's.
+    """
+    if not upload.data:
+        raise ServiceError(400, f"{upload.name}: the upload is empty")
+    try:
+        with Image.open(io.BytesIO(upload.data)) as image:
+            return image.format or "unknown"
+    except UnidentifiedImageError:
+        raise ServiceError(
+            415, f"{upload.name}: not an image (send a JPEG, PNG, WebP, GIF, BMP or TIFF file)"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, SyntaxError, ValueError):
+        # too large or malformed to open: load_image says which, as 400. (The warning is raised where
+        # warnings were made errors: load_image does that, and catch_warnings is not thread-safe.)
+        return "unknown"

@@ -1,0 +1,115 @@
+"""The gallery as the server answers from it: the current version's head and faces, kept in memory and
+replaced when another version becomes current.
+
+Any writer may make a new version: this server's enrollments, another `facerec serve` on the same
+gallery, a `facerec index` run. Before each request the server reads CURRENT (one short file); when it
+names another version than the one in memory, that version is read and checked (facerec.gallery.read)
+and replaces it. Nothing of a version is read lazily afterwards: a writer deletes versions older than
+the one before the current, and a view must not depend on files that may go.
+
+Faces are named by `face_id`, derived from the entry's source (unique in a gallery), so the same face
+keeps its id across versions, processes and restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from facerec import gallery as store
+from facerec.errors import FacerecError
+from facerec.gallery import Entry
+from facerec.provenance import Provenance
+
+if TYPE_CHECKING:
+    from facerec.parts import Head
+
+FACE_ID_LENGTH = 16  # hex digits of the SHA-256 of the source: 64 bits, no collision in any gallery
+
+
+def face_id(entry: Entry) -> str:
+    """The face's stable id: it depends only on the entry's source."""
+    digest = hashlib.sha256(entry.source.encode("utf-8", "surrogateescape")).hexdigest()
+    return digest[:FACE_ID_LENGTH]
+
+
+def face_json(entry: Entry) -> dict[str, Any]:
+    """One face of GET /v1/identities/{identity}."""
+    return {
+        "face_id": face_id(entry),
+        "box": None if entry.box is None else list(entry.box),
+        "source": entry.source,
+        "added": entry.enrolled_at,
+    }
+
+
+@dataclass(frozen=True)
+class View:
+    """One gallery version in memory (version None: nothing enrolled yet)."""
+
+    version: str | None = None
+    head: Head | None = None
+    provenance: Provenance | None = None
+    faces: dict[str, list[Entry]] = field(default_factory=dict)  # by identity, in enrollment order
+
+    def identities(self) -> dict[str, int]:
+        return {name: len(entries) for name, entries in sorted(self.faces.items())}
+
+    @property
+    def face_count(self) -> int:
+        return sum(len(entries) for entries in self.faces.values())
+
+
+class ServedGallery:
+    """The gallery at `path`, as of the last request; `made` is the provenance of the loaded models,
+    which every version must share (vectors of other models cannot be compared with theirs)."""
+
+    def __init__(self, path: Path, made: Provenance) -> None:
+        self.path = Path(path)
+        self.made = made
+        self._view = View()
+        self._lock = threading.Lock()
+
+    def current(self) -> View:
+        """The view of the version current now; reads files, so call it off the event loop."""
+        if self._is_loaded(self._current_name()):
+            return self._view
+        with self._lock:  # one thread loads a new version; the others wait for it, then use it
+            if not self._is_loaded(self._current_name()):
+                self._view = self._load()
+        return self._view
+
+    def _is_loaded(self, name: str | None) -> bool:
+        """Whether the view in memory is version `name` (None, no version, is always checked again)."""
+        return name is not None and name == self._view.version
+
+    def _current_name(self) -> str | None:
+        try:
+            return (self.path / store.CURRENT_FILE).read_text("ascii", "replace").strip()
+        except FileNotFoundError:
+            return None
+
+    def _load(self) -> View:
+        snapshot = store.read(self.path)
+        if snapshot is None:
+            return View()
+        try:
+            check_models(self.path, snapshot.provenance, self.made)
+            faces: dict[str, list[Entry]] = {}
+            for entry in snapshot.entries():
+                faces.setdefault(entry.identity, []).append(entry)
+            return View(snapshot.version, snapshot.load_head(), snapshot.provenance, faces)
+        finally:
+            snapshot.close()
+
+
+def check_models(path: Path, recorded: Provenance, made: Provenance) -> None:
+    """Refuse a gallery version made by other models than the server's (it was rebuilt meanwhile)."""
+    if not recorded.same_vectors(made):
+        raise FacerecError(
+            f"{path}: the gallery is now made with {recorded.describe()}, not the models this server "
+            f"loaded ({made.describe()}); restart facerec serve"
+        )
