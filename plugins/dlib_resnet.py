@@ -42,6 +42,7 @@ from torch import nn
 from facerec.errors import FacerecError
 from facerec.hookspecs import Register, hookimpl
 from facerec.parts import InputRecipe
+from facerec.statedict import check_fits
 from facerec.weights import WeightFile
 from facerec_plugins.dlib_dnn import DlibLayer, DlibNetwork, read_network
 from facerec_plugins.dlib_models import RESNET_V1
@@ -272,35 +273,6 @@ def state_dict_from_dlib(path: str | Path) -> dict[str, torch.Tensor]:
 # The plugin.
 
 
-def _listed(keys: Sequence[str], limit: int = 3) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def _check_fits(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> None:
-    """Raise ValueError unless `state_dict` maps exactly the expected names to tensors of their shapes."""
-    if not isinstance(state_dict, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state_dict.values()
-    ):
-        raise ValueError("weights are not a state dict (a mapping of names to tensors)")
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    wrong = [
-        f"{key} {list(value.shape)} (expected {list(expected[key])})"
-        for key, value in state_dict.items()
-        if key in expected and value.shape != expected[key]
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {_listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_listed(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shape {_listed(wrong, 2)}")
-    if problems:
-        raise ValueError("weights do not fit dlib-resnet: " + "; ".join(problems))
-
-
 class DlibResnetBackbone:
     """dlib's face recognition ResNet: 150x150 dlib face chips in, 128-d unit embeddings out."""
 
@@ -332,7 +304,7 @@ class DlibResnetBackbone:
         with torch.device("meta"):  # no initialization: the weights replace it
             network = DlibResnet()
         expected = {key: value.shape for key, value in network.state_dict().items()}
-        _check_fits(state_dict, expected)
+        check_fits(state_dict, expected, "dlib-resnet")
         network.load_state_dict({key: value.float() for key, value in state_dict.items()}, assign=True)
         return network
 

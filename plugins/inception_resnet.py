@@ -20,6 +20,7 @@ from torch.nn.utils.fusion import fuse_linear_bn_weights
 
 from facerec.hookspecs import Register, hookimpl
 from facerec.parts import InputRecipe
+from facerec.statedict import check_fits, require_state_dict
 from facerec.weights import WeightFile
 
 RELEASES = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
@@ -283,42 +284,10 @@ class FusedInceptionResnetV1(nn.Module):
 # The plugin.
 
 
-class StateDictMismatch(ValueError):
-    """A state dict that does not fit Inception-ResNet-v1; the message names a few keys at fault."""
-
-
-def _listed(keys: Sequence[str], limit: int = 3) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def _class_count(state_dict: Mapping[str, torch.Tensor]) -> int | None:
     """The number of classes of the `logits.*` layer in `state_dict`, or None when it has none."""
     weight = state_dict.get("logits.weight")
     return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
-
-
-def _check_fits(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> None:
-    """Raise StateDictMismatch unless `state_dict` has exactly the expected keys and shapes.
-
-    `num_batches_tracked` counters may be missing (files saved before torch 0.4.1 have none).
-    """
-    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [
-        f"{k} {list(v.shape)} (expected {list(expected[k])})"
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k]
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {_listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_listed(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shape {_listed(wrong, 2)}")
-    if problems:
-        raise StateDictMismatch("weights do not fit Inception-ResNet-v1: " + "; ".join(problems))
 
 
 class InceptionResnetV1Backbone:
@@ -350,14 +319,14 @@ class InceptionResnetV1Backbone:
         """
         if state_dict is None:
             return InceptionResnetV1()
-        if not isinstance(state_dict, Mapping) or not all(
-            isinstance(v, torch.Tensor) for v in state_dict.values()
-        ):
-            raise StateDictMismatch("weights are not a state dict (a mapping of names to tensors)")
+        require_state_dict(state_dict)
         with torch.device("meta"):  # no initialization: the weights replace it
             network = InceptionResnetV1(num_classes=_class_count(state_dict))
         expected = {key: value.shape for key, value in network.state_dict().items()}
-        _check_fits(state_dict, expected)
+        # `num_batches_tracked` counters may be missing: files saved before torch 0.4.1 have none
+        check_fits(
+            state_dict, expected, "Inception-ResNet-v1", lambda key: key.endswith("num_batches_tracked")
+        )
         tensors = {
             key: torch.zeros((), dtype=torch.long) for key in expected if key.endswith("num_batches_tracked")
         }
