@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from facerec import gallery as store
 from facerec.errors import FacerecError, UsageError
 from facerec.faces import Face
-from facerec.provenance import ModelRequest, open_pipeline
+from facerec.provenance import ModelRequest, open_pipeline, same_person_distance
 
 if TYPE_CHECKING:
     from facerec.parts import Head
@@ -63,7 +63,7 @@ class Identifier:
         snapshot = _open(self.gallery)
         try:
             self.pipeline, made = open_pipeline(snapshot.provenance, request or ModelRequest(), self.gallery)
-            self.distance_threshold = snapshot.provenance.threshold or made.threshold
+            self.distance_threshold = same_person_distance(snapshot.provenance, made)
             self.version = snapshot.version
             self.head: Head = snapshot.load_head()
         finally:

@@ -78,6 +78,14 @@ class Provenance:
         return replace(self, **ignored) == replace(other, **ignored)
 
 
+def same_person_distance(recorded: Provenance | None, made: Provenance) -> float | None:
+    """The same-person distance between embeddings for a gallery: the one it recorded, else (galleries
+    written before thresholds were recorded, or none yet) what its weights declare now, as `made` says."""
+    if recorded is not None and recorded.threshold is not None:
+        return recorded.threshold
+    return made.threshold
+
+
 def describe_aligner(recipe: Mapping[str, Any]) -> str:
     options = ", ".join(f"{key}={value}" for key, value in recipe.get("aligner_options", {}).items())
     return f"{recipe.get('aligner')}" + (f" ({options})" if options else "")

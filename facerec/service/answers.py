@@ -9,7 +9,7 @@ import torch
 
 from facerec.engine import ImageResult
 from facerec.identify import IdentifiedImage, decide
-from facerec.provenance import Provenance
+from facerec.provenance import Provenance, same_person_distance
 from facerec.service.errors import ServiceError
 from facerec.service.view import View
 
@@ -30,14 +30,15 @@ def identified(view: View, result: ImageResult, threshold: float, top_k: int) ->
 def identify_threshold(view: View, made: Provenance) -> float:
     """identify's default: the head's own threshold, else the same-person distance of the weights."""
     found = view.head.default_threshold if view.head is not None else None
-    return found if found is not None else distance_threshold(view.provenance or made)
+    return found if found is not None else distance_threshold(view, made)
 
 
-def distance_threshold(provenance: Provenance) -> float:
-    """The same-person distance between embeddings that the gallery's weights declare."""
-    if provenance.threshold is None:
+def distance_threshold(view: View, made: Provenance) -> float:
+    """The same-person distance between embeddings for the view's gallery (facerec.provenance's rule)."""
+    found = same_person_distance(view.provenance, made)
+    if found is None:
         raise ServiceError(400, "the gallery's weights declare no same-person distance; pass threshold")
-    return provenance.threshold
+    return found
 
 
 def verified(first: ImageResult, second: ImageResult, threshold: float) -> dict[str, Any]:

@@ -184,11 +184,7 @@ def _images(app: FastAPI, service: Service) -> None:
             prepared = await asyncio.gather(service.detected(image1), service.detected(image2))
             first, second = await asyncio.gather(*map(service.models.embed, prepared))
         view = await service.view()
-        limit = (
-            threshold
-            if threshold is not None
-            else answers.distance_threshold(view.provenance or service.models.made)
-        )
+        limit = threshold if threshold is not None else answers.distance_threshold(view, service.models.made)
         return answers.verified(first, second, limit)
 
 
