@@ -12,6 +12,10 @@ times its own embedding loop (wall and CPU time). Two pairs, each on the four al
     stale);
   - facerec: `registry().create("backbone", "inception-resnet")`, `build(state_dict)`, `for_inference`,
     faces standardized by `facerec.align.standardize_pictures` with the backbone's recipe;
+- each facerec side again at `--precision int8` (facerec.precision: static int8, calibrated once on the
+  photos of ../shared/faces/knn/train, not on the faces timed, then loaded from its cache as every later
+  run loads it; the untimed first run's time is printed as the calibration's), with the cosine of its
+  embeddings to facerec's FP32 ones on the same faces;
 - dlib-resnet, the same faces scaled (bicubic) to 150x150, dlib's chip size, and the real weights of
   face_recognition_models on both sides (the speed does not depend on the pictures):
   - dlib: `face_recognition_model_v1(...).compute_face_descriptor(chips)`, as face_recognition loads it;
@@ -51,24 +55,42 @@ SHARED = ROOT.parent / "shared"
 PEER = "facenet-pytorch==2.6.0"
 
 
+CALIBRATION = SHARED / "faces" / "knn" / "train"  # int8 calibrates on these photos, not on the faces timed
+
+
 @dataclass(frozen=True)
 class Pair:
-    """A facerec backbone and the side it replaces: worker names, what the table calls the peer, cost."""
+    """A facerec backbone and the side it replaces: worker names (the peer, facerec at FP32, facerec at
+    int8), what the table calls the peer, cost."""
 
     peer: str
     ours: str
+    int8: str
     peer_label: str
     gflop_per_face: float
     size: int
 
+    @property
+    def sides(self) -> tuple[str, str, str]:
+        return self.peer, self.ours, self.int8
+
 
 PAIRS = {
     # Inception-ResNet-v1 on one 160x160 face: 1.418 G multiply-adds
-    "inception-resnet": Pair("facenet-pytorch", "facerec", PEER.replace("==", " "), 2.84, 160),
+    "inception-resnet": Pair(
+        "facenet-pytorch", "facerec", "facerec-int8", PEER.replace("==", " "), 2.84, 160
+    ),
     # dlib's ResNet on one 150x150 chip: 0.271 G multiply-adds (torch's FlopCounterMode, convolutions + fc)
-    "dlib-resnet": Pair("dlib", "facerec-dlib-resnet", "dlib (face_recognition_model_v1)", 0.542, 150),
+    "dlib-resnet": Pair(
+        "dlib",
+        "facerec-dlib-resnet",
+        "facerec-dlib-resnet-int8",
+        "dlib (face_recognition_model_v1)",
+        0.542,
+        150,
+    ),
 }
-SIDES = tuple(side for pair in PAIRS.values() for side in (pair.peer, pair.ours))
+SIDES = tuple(side for pair in PAIRS.values() for side in pair.sides)
 
 
 # The worker processes.
@@ -143,6 +165,7 @@ def facerec_dlib_side(weights: Path | None, count: int):
 
     backbone = load_backbone("dlib-resnet")
     recipe = backbone.plugin.recipe
+    backbone.inference  # noqa: B018 (built before the timed loop, as for the int8 side)
 
     def embed(batch: list):
         return backbone.embed(torch.cat(batch)).numpy()
@@ -150,11 +173,40 @@ def facerec_dlib_side(weights: Path | None, count: int):
     return embed, aligned_faces(count, 150, lambda face: standardize_pictures([face], recipe))
 
 
+def int8_side(model: str, size: int):
+    """facerec's `--precision int8` form of `model`, calibrated once on CALIBRATION's photos (MTCNN and
+    the recipe's aligner, as `facerec index` calibrates on the folder it indexes) and loaded from the
+    cache after that: the first, untimed run of the benchmark calibrates."""
+
+    def side(weights: Path | None, count: int):
+        import torch
+
+        from facerec.align import standardize_pictures
+        from facerec.engine import create_aligner, create_detector, load_backbone
+        from facerec.precision import calibration_faces
+
+        backbone = load_backbone(model, weights=weights, precision="int8")
+        recipe = backbone.plugin.recipe
+        backbone.calibration = lambda: calibration_faces(
+            create_detector("mtcnn"), create_aligner(recipe)[0], recipe, CALIBRATION
+        )
+        backbone.inference  # noqa: B018 (built, or read from the cache, before the timed loop)
+
+        def embed(batch: list):
+            return backbone.embed(torch.cat(batch)).numpy()
+
+        return embed, aligned_faces(count, size, lambda face: standardize_pictures([face], recipe))
+
+    return side
+
+
 WORKERS = {
     "facenet-pytorch": facenet_pytorch_side,
     "facerec": facerec_side,
+    "facerec-int8": int8_side("inception-resnet", 160),
     "dlib": dlib_side,
     "facerec-dlib-resnet": facerec_dlib_side,
+    "facerec-dlib-resnet-int8": int8_side("dlib-resnet", 150),
 }
 
 
@@ -198,6 +250,15 @@ def seeded_weights(folder: Path) -> Path:
     path = folder / "seeded-salt0.pt"
     torch.save(module.seeded_state_dict(shapes, 0), path)
     return path
+
+
+def mtcnn_home(folder: Path) -> Path:
+    """A TORCH_HOME whose checkpoints hold ../shared's MTCNN weights, as a first download leaves them."""
+    checkpoints = folder / "torch-home" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for net in ("pnet", "rnet", "onet"):
+        (checkpoints / f"{net}.pt").symlink_to(SHARED / "weights" / "mtcnn" / f"{net}.pt")
+    return checkpoints.parent
 
 
 def busy_cpu_seconds() -> float:
@@ -313,8 +374,8 @@ def _timed(call) -> float:
     return time.perf_counter() - started
 
 
-def table(pair: Pair, best: dict[str, dict], args, peak: Peak, matmul: float, diff: float) -> str:
-    peer, ours = best[pair.peer], best[pair.ours]
+def table(pair: Pair, best: dict[str, dict], args, peak: Peak, matmul: float, checks: dict) -> str:
+    peer, ours, int8 = (best[side] for side in pair.sides)
 
     def rate(side: dict) -> float:
         return args.faces * pair.gflop_per_face / side["embed_s"]
@@ -322,28 +383,49 @@ def table(pair: Pair, best: dict[str, dict], args, peak: Peak, matmul: float, di
     def cores(side: dict) -> str:
         return f"{side['embed_cpu_s'] / side['embed_s']:.2f}"
 
+    def times(key: str) -> tuple:
+        return tuple(f"{side[key]:.2f}" for side in (peer, ours, int8)), (
+            peer[key] / ours[key],
+            ours[key] / int8[key],
+            peer[key] / int8[key],
+        )
+
+    process, process_x = times("process_s")
+    embedding, embedding_x = times("embed_s")
     rows = [
-        ("whole process, s", f"{peer['process_s']:.2f}", f"{ours['process_s']:.2f}", peer["process_s"] / ours["process_s"]),
-        (f"embedding {args.faces} faces, s", f"{peer['embed_s']:.2f}", f"{ours['embed_s']:.2f}", peer["embed_s"] / ours["embed_s"]),
-        ("faces/s (embedding)", f"{args.faces / peer['embed_s']:.1f}", f"{args.faces / ours['embed_s']:.1f}", None),
-        ("CPU cores used (embedding)", cores(peer), cores(ours), None),
-        ("GFLOP/s (embedding)", f"{rate(peer):.0f}", f"{rate(ours):.0f}", None),
-        (f"share of peak FP32 per lscpu ({peak.gflops:.0f} GFLOP/s)", f"{rate(peer) / peak.gflops:.0%}", f"{rate(ours) / peak.gflops:.0%}", None),
-        (f"share of a measured 3072² matmul ({matmul:.0f} GFLOP/s)", f"{rate(peer) / matmul:.0%}", f"{rate(ours) / matmul:.0%}", None),
+        ("whole process, s", *process, *process_x),
+        (f"embedding {args.faces} faces, s", *embedding, *embedding_x),
+        ("faces/s (embedding)", *(f"{args.faces / side['embed_s']:.1f}" for side in (peer, ours, int8)), None, None, None),
+        ("CPU cores used (embedding)", cores(peer), cores(ours), cores(int8), None, None, None),
+        ("GFLOP/s (embedding; int8: the FP32 work it replaces)", *(f"{rate(side):.0f}" for side in (peer, ours, int8)), None, None, None),
+        (f"share of peak FP32 per lscpu ({peak.gflops:.0f} GFLOP/s)", *(f"{rate(side) / peak.gflops:.0%}" for side in (peer, ours, int8)), None, None, None),
+        (f"share of a measured 3072² matmul ({matmul:.0f} GFLOP/s)", *(f"{rate(side) / matmul:.0%}" for side in (peer, ours, int8)), None, None, None),
     ]  # fmt: skip
+    threads = ours["threads"]
     lines = [
-        f"| {args.faces} faces of {pair.size}x{pair.size}, batch {args.batch}, torch on {ours['threads']} thread{'s' if ours['threads'] > 1 else ''} | {pair.peer_label} | facerec | speedup |",
-        "| --- | ---: | ---: | ---: |",
+        f"| {args.faces} faces of {pair.size}x{pair.size}, batch {args.batch}, torch on {threads} thread{'s' if threads > 1 else ''} | {pair.peer_label} | facerec FP32 | facerec int8 | FP32 vs peer | int8 vs FP32 | int8 vs peer |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]  # fmt: skip
-    lines += [f"| {name} | {a} | {b} | {f'{s:.2f}x' if s else ''} |" for name, a, b, s in rows]
+    lines += [
+        f"| {name} | {a} | {b} | {c} | " + " | ".join(f"{x:.2f}x" if x else "" for x in ratios) + " |"
+        for name, a, b, c, *ratios in rows
+    ]
     if matmul > peak.gflops:
         lines.append(
             f"\nThe matmul beats the lscpu estimate: the CPU runs above its reported clock (at least "
             f"{peak.ghz * matmul / peak.gflops:.2f} GHz), so the matmul row is the truer share of peak."
         )
-    lines.append(f"\nmax abs difference of the unit embeddings, facerec vs {pair.peer}: {diff:.1e}")
     lines.append(
-        f"other processes kept {peer['other_cores']:.2f} / {ours['other_cores']:.2f} cores busy during these runs"
+        f"\nmax abs difference of the unit embeddings, facerec FP32 vs {pair.peer}: {checks['diff']:.1e}"
+    )
+    lines.append(
+        f"int8 against facerec FP32 on the same faces: cosine min {checks['cos_min']:.5f}, median "
+        f"{checks['cos_median']:.5f}; calibrating once (untimed run, then cached): {checks['calibration_s']:.1f} s"
+    )
+    lines.append(
+        "other processes kept "
+        + " / ".join(f"{side['other_cores']:.2f}" for side in (peer, ours, int8))
+        + " cores busy during these runs"
     )
     return "\n".join(lines)
 
@@ -352,7 +434,7 @@ def best_rounds(pair: Pair, weights: Path | None, folder: Path, args) -> dict[st
     """Each side's fastest whole process over the rounds, which alternate the two sides."""
     best: dict[str, dict] = {}
     for round_number in range(1, args.rounds + 1):
-        for side in (pair.peer, pair.ours):
+        for side in pair.sides:
             timings = run_side(side, weights, args, folder / f"{side}.npy")
             print(
                 f"round {round_number} {side:19s} process {timings['process_s']:.2f} s, "
@@ -373,19 +455,29 @@ def compare(args: argparse.Namespace) -> None:
     tables = []
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
+        os.environ["TORCH_HOME"] = str(mtcnn_home(folder))  # int8 calibration detects with MTCNN; offline
+        os.environ.setdefault("FACEREC_MIRROR", "http://127.0.0.1:9")
         for model in args.models:
             pair = PAIRS[model]
             weights = None
             if model == "inception-resnet":
                 ensure_peer()
                 weights = seeded_weights(folder)
+            calibration_s = run_side(pair.int8, weights, args, folder / "calibrating.npy")["process_s"]
             best = best_rounds(pair, weights, folder, args)
-            outputs = [np.load(folder / f"{side}.npy") for side in (pair.peer, pair.ours)]
-            tables.append((pair, best, float(np.abs(outputs[0] - outputs[1]).max())))
+            peer, ours, int8 = (np.load(folder / f"{side}.npy") for side in pair.sides)
+            cosines = np.sum(ours * int8, axis=1) / np.linalg.norm(int8, axis=1)
+            checks = {
+                "diff": float(np.abs(peer - ours).max()),
+                "cos_min": float(cosines.min()),
+                "cos_median": float(np.median(cosines)),
+                "calibration_s": calibration_s,
+            }
+            tables.append((pair, best, checks))
     matmul = matmul_gflops(args.wait)
-    for pair, best, diff in tables:
+    for pair, best, checks in tables:
         print()
-        print(table(pair, best, args, peak, matmul, diff))
+        print(table(pair, best, args, peak, matmul, checks))
 
 
 def main() -> None:

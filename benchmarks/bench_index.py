@@ -11,7 +11,8 @@ and the work alone (after imports), as the process itself measures it.
   of its examples; it keeps nothing, so a second run costs what the first did.
 - facerec: `facerec.open_gallery(G).index(FOLDER)`, which is what `facerec index` runs: a first index, a
   second with nothing changed, a third after one photo was added; and `facerec index` itself on the
-  unchanged folder.
+  unchanged folder. Then a first `facerec index` into new galleries in one process and spread over two
+  with `torchrun --nproc-per-node 2`.
 
     .venv/bin/pip install --no-deps facenet-pytorch==2.6.0   # the peer, for this benchmark only
     .venv/bin/python benchmarks/bench_index.py [--photos 192]
@@ -167,7 +168,22 @@ def main() -> None:
         )
         cli = [sys.executable, "-m", "facerec", "index", folder, "--gallery", gallery]
         rows.append(("`facerec index` CLI: nothing changed", run(cli, env)))
+        rows += spread_rows(folder, temp, weights, env)
     print(table(rows, len(photos)))
+
+
+def spread_rows(folder: str, temp: Path, weights: Path, env: dict) -> list[tuple[str, dict]]:
+    """A first `facerec index` of the folder in one process, then spread over two with torchrun (each
+    process one thread, torchrun's default: the two cores are shared out, not oversubscribed)."""
+    args = ["-m", "facerec", "index", folder, "--weights", str(weights), "--gallery"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return [
+        ("`facerec index` CLI, 1 process: first run", run([sys.executable, *args, str(temp / "g1")], env)),
+        (
+            "`torchrun --nproc-per-node 2 -m facerec index`: first run",
+            run([*torchrun, *args, str(temp / "g2")], env),
+        ),
+    ]
 
 
 def table(rows: list[tuple[str, dict]], photos: int) -> str:

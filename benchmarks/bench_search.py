@@ -25,6 +25,14 @@ Rows:
   `search(queries, k)` as identify uses it (identity de-duplication included); recall@1 is the share of
   queries whose nearest vector from the index is the exact nearest vector.
 
+Removal (galleries of `--removal-from` vectors or more): the head just built is saved (fsync'd, as the
+gallery store writes it), then 1% of its rows, drawn at random, are removed (`FaissHead.remove`, which
+marks them dead) and the head saved again into a fresh folder; the ratio compares that with build + save,
+what refitting costs. recall@1 before/after: the share of queries whose nearest face found through
+`search` is the exact nearest face among those held (same identity, same distance). The last column is
+the rest of a gallery version the store writes on every change: vectors.npy of the faces left, fsync'd,
+and the SHA-256 of every file of the version.
+
 Each gallery first waits (up to `--wait` seconds) for the CPUs to go idle; a line under its table says
 how many cores other processes kept busy meanwhile.
 
@@ -36,9 +44,12 @@ from __future__ import annotations
 import argparse
 import gc
 import math
+import os
 import resource
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +57,14 @@ import faiss
 import numpy as np
 import torch
 
+from facerec.weights import sha256_file
 from facerec_plugins.faiss_head import FaissHead
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_embed import busy_cpu_seconds, wait_for_idle
 
 CHUNK = 65536
+REMOVED = 0.01  # the share of a gallery's faces removed in the removal measurement
 
 
 @dataclass(frozen=True)
@@ -176,13 +189,13 @@ def exact_nearest(known: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return index.search(queries, 1)[1][:, 0]
 
 
-def bench_size(size: int, dim: int, args) -> list[dict]:
+def bench_size(size: int, dim: int, args) -> tuple[list[dict], list[dict]]:
     known, labels, queries = face_like_gallery(
         size, args.per_identity, args.queries, args.intrinsic_dim, GEOMETRIES[dim]
     )
     truth = exact_nearest(known, queries)
     single = queries[: args.single_queries]
-    rows = []
+    rows, removals = [], []
 
     scan_queries = single[: max(10, args.single_queries * 10_000 // size)]  # ~1 s a query at 1M
     p50, p99 = latencies_ms(face_recognition_search(known), scan_queries)
@@ -207,8 +220,95 @@ def bench_size(size: int, dim: int, args) -> list[dict]:
         p50, p99 = latencies_ms(lambda q, head=head: head.search(torch.from_numpy(q), args.k), single)
         qps = batch_qps(lambda q, head=head: head.search(torch.from_numpy(q), args.k), queries, args.batch)
         rows.append(row(size, dim, f"facerec faiss {kind}", build_s, p50, p99, qps, recall, memory))
+        if size >= args.removal_from:
+            gallery = Gallery(known, label_names, queries, truth)
+            removals.append(
+                {"vectors": size, "dims": dim, "method": f"facerec faiss {kind}", "build_s": build_s}
+            )
+            removals[-1].update(bench_removal(head, gallery))
         del head
-    return rows
+    return rows, removals
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """What a head was fitted on, the queries, and each query's exact nearest row of `vectors`."""
+
+    vectors: np.ndarray
+    labels: list[str]
+    queries: np.ndarray
+    truth: np.ndarray
+
+    def without(self, rows: np.ndarray) -> Gallery:
+        kept = np.setdiff1d(np.arange(len(self.vectors)), rows)
+        vectors = self.vectors[kept]
+        labels = [self.labels[i] for i in kept]
+        return Gallery(vectors, labels, self.queries, exact_nearest(vectors, self.queries))
+
+
+def bench_removal(head: FaissHead, gallery: Gallery) -> dict:
+    """Time saving `head`, then removing REMOVED of its rows and saving it again; recall before and after."""
+    rows = np.random.default_rng(1).choice(
+        len(gallery.vectors), int(REMOVED * len(gallery.vectors)), replace=False
+    )
+    before = search_recall(head, gallery)
+    with tempfile.TemporaryDirectory() as temp:
+        save_s = timed(lambda: save_synced(head, Path(temp) / "fitted"))
+        start = time.perf_counter()
+        if not head.remove(rows.tolist()):
+            raise SystemExit(f"the head declined to remove {REMOVED:.0%} of its faces")
+        save_synced(head, Path(temp) / "removed")
+        remove_s = time.perf_counter() - start
+        head_mb = sum(f.stat().st_size for f in (Path(temp) / "removed").iterdir()) / 2**20
+        left = gallery.without(rows)
+        version_s = timed(lambda: write_version(left.vectors, Path(temp) / "removed"))
+    return {
+        "save_s": save_s,
+        "remove_s": remove_s,
+        "recall_before": before,
+        "recall_after": search_recall(head, left),
+        "head_mb": head_mb,
+        "version_s": version_s,
+    }
+
+
+def timed(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def save_synced(head: FaissHead, folder: Path) -> None:
+    """`head.save` into a new folder, every file fsync'd, as the gallery store writes a version."""
+    folder.mkdir()
+    head.save(folder)
+    for path in folder.iterdir():
+        fsync(path)
+
+
+def fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def write_version(vectors: np.ndarray, folder: Path) -> None:
+    """The rest of a gallery version: vectors.npy, fsync'd, then the SHA-256 of every file (the manifest)."""
+    np.save(folder / "vectors.npy", vectors)
+    fsync(folder / "vectors.npy")
+    for path in folder.iterdir():
+        sha256_file(path)
+
+
+def search_recall(head: FaissHead, gallery: Gallery) -> float:
+    """The share of queries whose nearest face found by `search` is the exact nearest: same identity and
+    same distance (which pins the face), so dead faces the head skips count as they should."""
+    found = head.search(torch.from_numpy(gallery.queries), 1)
+    exact = np.linalg.norm(gallery.vectors[gallery.truth] - gallery.queries, axis=1)
+    hits = [
+        bool(nearest) and nearest[0][0] == gallery.labels[row] and abs(nearest[0][1] - distance) < 1e-4
+        for nearest, row, distance in zip(found, gallery.truth, exact, strict=True)
+    ]
+    return float(np.mean(hits))
 
 
 def row(size, dim, method, build_s, p50, p99, qps, recall, memory_mb) -> dict:
@@ -238,6 +338,22 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def removal_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| vectors | dims | method | build (s) | save (s) | remove 1% + save (s) | (remove + save) / (build + save) "
+        "| recall@1 before | recall@1 after | head files (MB) | vectors.npy + SHA-256 (s) |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        ratio = r["remove_s"] / (r["build_s"] + r["save_s"])
+        lines.append(
+            f"| {r['vectors']:,} | {r['dims']} | {r['method']} | {r['build_s']:.1f} | {r['save_s']:.2f} "
+            f"| {r['remove_s']:.2f} | {ratio:.1%} | {r['recall_before']:.4f} | {r['recall_after']:.4f} "
+            f"| {r['head_mb']:,.0f} | {r['version_s']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -257,6 +373,9 @@ def main() -> None:
     parser.add_argument("--ef-search", type=int, help="default: the head's")
     parser.add_argument("--nprobe", type=int, help="default: the head's")
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for idle CPUs per gallery")
+    parser.add_argument(
+        "--removal-from", type=int, default=100_000, help="smallest gallery to time removal on"
+    )
     args = parser.parse_args()
     args.head_options = {
         name: value
@@ -267,14 +386,18 @@ def main() -> None:
         f"faiss {faiss.__version__}, numpy {np.__version__}, {faiss.omp_get_max_threads()} threads, "
         f"intrinsic dimension {args.intrinsic_dim}, {args.per_identity} photos per identity"
     )
-    rows = []
+    rows, removals = [], []
     for size in args.sizes:
         for dim in args.dims:
             wait_for_idle(args.wait)
             busy, ours, started = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
-            rows.extend(bench_size(size, dim, args))
+            searched, removed = bench_size(size, dim, args)
+            rows.extend(searched)
+            removals.extend(removed)
             others = (busy_cpu_seconds() - busy) - (own_cpu_seconds() - ours)
             print(markdown(rows), flush=True)
+            if removals:
+                print(removal_markdown(removals), flush=True)
             print(
                 f"{size:,} x {dim}-d: other processes kept {max(others, 0.0) / (time.perf_counter() - started):.2f} "
                 "cores busy",

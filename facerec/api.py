@@ -14,22 +14,24 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from facerec import gallery as store
 from facerec.enroll import IndexReport, Note, index_folder, repair_gallery
 from facerec.identify import DEFAULT_TOP_K, Identification, IdentifiedImage, Identifier, check_threshold
 from facerec.images import ImageError
 from facerec.provenance import ModelRequest
+from facerec.stores import open_store
 
 
 class Gallery:
-    """A gallery folder: enroll folders of faces into it, identify the faces of photos against it.
+    """A gallery (a folder, or a store URI such as `milvus:faces.db`): enroll folders of faces into it,
+    identify the faces of photos against it.
 
     Models load on the first `identify` and stay loaded; a newer version of the gallery (written by
     `index`, here or in another process) is picked up by the next call.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, device: str = "auto") -> None:
-        self.path = Path(path) if path is not None else store.default_path()
+    def __init__(self, location: str | os.PathLike | None = None, device: str = "auto") -> None:
+        self.store = open_store(location)
+        self.path = self.store.location
         self.device = device
         self._identifier: Identifier | None = None
 
@@ -50,13 +52,13 @@ class Gallery:
         `note` receives one line per image that was skipped or had several faces.
         """
         request = ModelRequest(device=self.device, **models)
-        return index_folder(self.path, Path(folder), request, head, head_options, progress, note)
+        return index_folder(self.store, Path(folder), request, head, head_options, progress, note)
 
     def repair(self, *, note: Note | None = None) -> IndexReport:
         """Check every file of the gallery against its recorded size and SHA-256 and rebuild what is
         damaged: the head from the vectors, the vectors from the photos still there, the current version
         from the newest readable one. `version` of the report is None when nothing was damaged."""
-        return repair_gallery(self.path, ModelRequest(device=self.device), note)
+        return repair_gallery(self.store, ModelRequest(device=self.device), note)
 
     def identify(
         self, image: str | os.PathLike, *, threshold: float | None = None, top_k: int = DEFAULT_TOP_K
@@ -81,14 +83,14 @@ class Gallery:
         """
         check_threshold(threshold)
         if self._identifier is None or models:
-            self._identifier = Identifier(self.path, ModelRequest(device=self.device, **models))
+            self._identifier = Identifier(self.store, ModelRequest(device=self.device, **models))
         else:
             self._identifier.refresh()
         return self._identifier.run(images, threshold, top_k)
 
     def identities(self) -> dict[str, int]:
         """Enrolled faces per identity; empty when nothing was enrolled yet."""
-        snapshot = store.read(self.path)
+        snapshot = self.store.read()
         if snapshot is None:
             return {}
         try:
@@ -97,6 +99,7 @@ class Gallery:
             snapshot.close()
 
 
-def open_gallery(path: str | os.PathLike | None = None, device: str = "auto") -> Gallery:
-    """The gallery at `path` (default: FACEREC_GALLERY, else .facerec/gallery); created by the first index."""
-    return Gallery(path, device)
+def open_gallery(location: str | os.PathLike | None = None, device: str = "auto") -> Gallery:
+    """The gallery at `location`, a folder or a store URI (default: FACEREC_GALLERY, else
+    .facerec/gallery); created by the first index."""
+    return Gallery(location, device)

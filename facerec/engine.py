@@ -24,6 +24,16 @@ from facerec.errors import FacerecError, UsageError
 from facerec.faces import Face, largest_first
 from facerec.images import ImageError, load_image
 from facerec.parts import Aligner, Backbone, Detector, InputRecipe
+from facerec.precision import (
+    FP32,
+    INT8,
+    FaceSource,
+    calibration_faces,
+    check_precision,
+    int8_device,
+    int8_network,
+    stderr_note,
+)
 from facerec.registry import registry
 from facerec.weights import fetch, load_state_dict, sha256_file
 
@@ -73,14 +83,24 @@ class LoadedBackbone:
     weights_sha256: str | None  # None for untrained (seeded random) weights
     device: torch.device
     pretrained: str | None = None  # the named weights loaded (`none`: untrained), None for a file
+    precision: str = FP32  # or INT8 (facerec.precision)
+    recipe: InputRecipe | None = None  # how its faces are made, when not the plugin's own (--aligner)
+    calibration: FaceSource | None = None  # int8: the faces to calibrate on (default: the demo photos)
     _inference: torch.nn.Module | None = field(default=None, repr=False)
 
     @property
     def inference(self) -> torch.nn.Module:
-        """The plugin's inference form of `module`, built once on first use."""
+        """The inference form of `module` at this precision, built (int8: loaded or calibrated) once."""
         if self._inference is None:
-            self._inference = self.plugin.for_inference(self.module.eval()).to(self.device)
+            self._inference = self._build_inference()
         return self._inference
+
+    def _build_inference(self) -> torch.nn.Module:
+        if self.precision != INT8:
+            return self.plugin.for_inference(self.module.eval()).to(self.device)
+        recipe = self.recipe or self.plugin.recipe
+        faces = self.calibration or public_calibration(recipe)
+        return int8_network(self, recipe, faces, stderr_note)
 
     @property
     def threshold(self) -> float | None:
@@ -112,14 +132,16 @@ def load_backbone(
     pretrained: str | None = None,
     weights: str | os.PathLike | None = None,
     device: str | None = "cpu",
+    precision: str = FP32,
 ) -> LoadedBackbone:
     """Build backbone `name` with `weights` (a state-dict file) or the named `pretrained` weights.
 
     `pretrained` None means the backbone's default weights; `none` means untrained, initialised from a
-    fixed seed so that two runs agree.
+    fixed seed so that two runs agree. `precision` int8 runs on the CPU (facerec.precision).
     """
-    target = resolve_device(device)
     plugin = backbone_plugin(name)
+    check_precision(precision, plugin, name)
+    target = resolve_device(int8_device(device) if precision == INT8 else device)
     if weights is None and pretrained is None:
         pretrained = plugin.default_pretrained
     state, digest, source = _state_dict_for(plugin, name, pretrained, Path(weights) if weights else None)
@@ -130,7 +152,18 @@ def load_backbone(
         except ValueError as error:
             raise FacerecError(f"{source}: does not fit backbone '{name}': {error}") from None
     named = None if weights is not None else pretrained
-    return LoadedBackbone(name, plugin, module.to(target), digest, target, named)
+    return LoadedBackbone(name, plugin, module.to(target), digest, target, named, precision)
+
+
+def public_calibration(recipe: InputRecipe) -> FaceSource:
+    """int8 calibration faces for a backbone loaded alone: the demo photos, found by the default
+    detector and aligned by the recipe's aligner."""
+
+    def faces() -> torch.Tensor:
+        aligner, _ = create_aligner(recipe)
+        return calibration_faces(create_detector(DEFAULT_DETECTOR), aligner, recipe, None)
+
+    return faces
 
 
 def with_aligner(
@@ -241,14 +274,24 @@ def build_pipeline(
     pretrained: str | None = None,
     weights: str | os.PathLike | None = None,
     device: str | None = "auto",
+    precision: str = FP32,
+    calibration: str | os.PathLike | None = None,
 ) -> Pipeline:
     """The one place a pipeline is composed: detector, the backbone's recipe (its aligner, or the one
-    asked for), and with `embed` the backbone's network with its weights.
+    asked for), and with `embed` the backbone's network with its weights at `precision`.
 
-    Parts are built before any weights are fetched, so a bad option is reported before a download.
+    Parts are built before any weights are fetched, so a bad option is reported before a download. An
+    int8 network is calibrated, when not cached, on the faces this pipeline finds in the photos of
+    `calibration` (a folder), else in the demo photos.
     """
     found = create_detector(detector, detector_options)
-    recipe = with_aligner(backbone_plugin(backbone).recipe, aligner, aligner_options)
+    plugin = backbone_plugin(backbone)
+    check_precision(precision, plugin, backbone)
+    recipe = with_aligner(plugin.recipe, aligner, aligner_options)
     part, recipe = create_aligner(recipe)
-    loaded = load_backbone(backbone, pretrained, weights, device) if embed else None
+    loaded = load_backbone(backbone, pretrained, weights, device, precision) if embed else None
+    if loaded is not None:
+        folder = Path(calibration) if calibration is not None else None
+        loaded.recipe = recipe
+        loaded.calibration = lambda: calibration_faces(found, part, recipe, folder)
     return Pipeline(detector=found, detector_name=detector, aligner=part, recipe=recipe, backbone=loaded)

@@ -6,6 +6,10 @@ that enrolled nothing before and are unchanged stay skipped, and only new or cha
 the detector and the network. Entries from this folder whose files are gone are forgotten; entries from
 other folders are left alone. When nothing changed, nothing is written and no model is loaded.
 
+The gallery is whatever store `--gallery` names (facerec.stores): this module plans, the store commits.
+Under torchrun, process 0 does all of this and the embedding is shared out among the processes
+(facerec.spread).
+
 A damaged gallery is rebuilt on the way (facerec.repair): the head from the vectors, the vectors from
 the photos still there, CURRENT from the newest readable version. `repair_gallery` does only that.
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,17 +31,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from facerec import gallery as store
-from facerec.errors import FacerecError
-from facerec.gallery import Contents, Entry, Skipped
+from facerec import spread
+from facerec.errors import FacerecError, UsageError
 from facerec.images import path_problem
-from facerec.provenance import ModelRequest, check_request, open_pipeline
+from facerec.provenance import ModelRequest, Provenance, check_request, open_pipeline
 from facerec.registry import registry
 from facerec.repair import Base, open_base
+from facerec.stores import Change, Entry, Skipped, now, open_store
 from facerec.weights import sha256_file
 
 if TYPE_CHECKING:
-    from facerec.parts import Head
+    from facerec.parts import GalleryState, Store
 
 DEFAULT_HEAD = "faiss"
 NO_FACE = "no face found"
@@ -58,7 +62,7 @@ class FoundImage:
 class IndexReport:
     """What an index run did. `version` is None when the gallery was already up to date."""
 
-    gallery: Path
+    gallery: str  # where the gallery lives, as --gallery named it
     version: str | None = None
     embedded: int = 0  # new or changed images run through the models
     reused: int = 0  # images whose bytes the gallery knew: vector reused
@@ -67,6 +71,7 @@ class IndexReport:
     skipped: list[Skipped] = field(default_factory=list)
     identities: dict[str, int] = field(default_factory=dict)  # the whole gallery's, after the run
     repaired: str | None = None  # what was wrong with the gallery, when this run rebuilt it
+    helper: bool = False  # a process of a spread run other than 0: it embedded its share; 0 reports
 
     @property
     def enrolled_from_folder(self) -> int:
@@ -207,7 +212,7 @@ def _inside(source: str, folder: Path | None) -> bool:
 
 
 def index_folder(
-    gallery: Path,
+    gallery: str | os.PathLike | Store,
     folder: Path,
     request: ModelRequest | None = None,
     head: str | None = None,
@@ -215,39 +220,52 @@ def index_folder(
     progress: bool = False,
     note: Note | None = None,
 ) -> IndexReport:
-    """Bring the gallery at `gallery` up to date with `folder`, rebuilding what was damaged; see the
-    module docstring."""
+    """Bring the gallery up to date with `folder`, rebuilding what was damaged; see the module docstring."""
     folder = Path(os.path.abspath(folder))
-    return _update(gallery, folder, request, head, head_options, progress, note)
+    return _update(open_store(gallery), folder, request, head, head_options, progress, note)
 
 
 def repair_gallery(
-    gallery: Path, request: ModelRequest | None = None, note: Note | None = None
+    gallery: str | os.PathLike | Store, request: ModelRequest | None = None, note: Note | None = None
 ) -> IndexReport:
     """Check every file of the gallery (SHA-256 included) and rebuild what is damaged; `version` is None
     when the gallery was intact."""
-    return _update(gallery, None, request, None, None, False, note, full=True)
+    return _update(open_store(gallery), None, request, None, None, False, note, full=True)
 
 
-def _update(gallery, folder, request, head, head_options, progress, note, full=False) -> IndexReport:
+def _update(store: Store, folder, request, head, head_options, progress, note, full=False) -> IndexReport:
     note = note or (lambda message: None)
-    with store.locked(gallery):
-        base = open_base(gallery, folder, full)
+    request = request or ModelRequest()
+    team = spread.join()
+    if team is not None and not team.leader:
         try:
-            return _index(
-                gallery, folder, base, request or ModelRequest(), head, head_options, progress, note
-            )
+            return _help(store, team, request, progress, note)
         finally:
-            base.close()
+            team.finish(failed=False)
+    failed = True
+    try:
+        with store.locked():
+            base = open_base(store, folder, full)
+            try:
+                report = _index(store, folder, base, request, head, head_options, progress, note, team)
+            finally:
+                base.close()
+        failed = False
+        return report
+    finally:
+        if team is not None:
+            team.finish(failed)
 
 
-def _index(gallery, folder, base: Base, request, head, head_options, progress, note) -> IndexReport:
-    snapshot = base.snapshot
+def _index(
+    store: Store, folder, base: Base, request, head, head_options, progress, note, team
+) -> IndexReport:
+    gallery, snapshot = store.location, base.snapshot
     if snapshot is None and folder is None:
         raise FacerecError(f"{gallery}: no gallery here to repair")
     if snapshot is not None:
         check_request(snapshot.provenance, request, gallery)
-    head, head_options = _head_choice(snapshot, head, head_options)  # a bad option ends the run first
+    head, head_options = head_choice(store, snapshot, head, head_options)  # a bad option ends the run first
     found = scan(folder, note) if folder is not None else []
     steps = plan(folder, found, base)
     if folder is not None and not found and not steps.removed:
@@ -263,7 +281,10 @@ def _index(gallery, folder, base: Base, request, head, head_options, progress, n
     entries, vectors, new_skipped = [], [], []
     if steps.embed:
         pipeline, provenance = open_pipeline(provenance, request, gallery)
-        entries, vectors, new_skipped = _embed(pipeline, steps.embed, progress, note)
+        if team is not None:
+            team.broadcast({"provenance": asdict(provenance), "images": [asdict(i) for i in steps.embed]})
+        outcomes = _embed_share(team, pipeline, provenance.embedding_size, steps.embed, progress, note)
+        entries, vectors, new_skipped = _split(outcomes)
     skipped = steps.skipped + new_skipped
     report = IndexReport(
         gallery,
@@ -277,82 +298,135 @@ def _index(gallery, folder, base: Base, request, head, head_options, progress, n
     if snapshot and base.problem is None and not _changed(snapshot, steps, skipped, head, head_options):
         report.identities = snapshot.identities()
         return report
-    contents = _contents(base, provenance, head, head_options, steps, entries, vectors, skipped)
-    report.version = store.write(gallery, contents, _head_for(base, steps, contents), previous=base.version)
-    report.identities = _counts(contents.entries)
+    change = _change(base, provenance, head, head_options, steps, entries, vectors, skipped)
+    report.version = store.commit(snapshot, change)
+    report.identities = _counts([base.entries()[row] for row in change.keep] + change.added)
     return report
 
 
-def _head_choice(snapshot: store.Snapshot | None, head: str | None, options: dict[str, Any] | None):
-    """The head and its full options: as asked (defaults filled in by the head), else the gallery's."""
+def head_choice(store: Store, snapshot: GalleryState | None, head: str | None, options: dict | None):
+    """The head and its full options: as asked (defaults filled in by the head), else the gallery's. A
+    store that searches by itself records its own search; asking it for a head is a usage error."""
+    if not store.fits_heads:
+        if head is not None or options is not None:
+            raise UsageError(f"--head: {store.location} searches by itself; heads are for folder galleries")
+        return None, {}
     if snapshot and head in (None, snapshot.head_name) and options is None:
         return snapshot.head_name, snapshot.head_options
     head = head or (snapshot.head_name if snapshot else DEFAULT_HEAD)
     return head, dict(registry().create("head", head, **(options or {})).options)
 
 
-def _head_for(base: Base, steps: Plan, contents: Contents) -> Head:
-    """The new version's head: the gallery's own, extended, when faces were only added, the head is
-    intact and can `add`; else one fitted on all the vectors."""
-    kept = len(steps.keep)
-    snapshot = base.snapshot
-    same = snapshot and (contents.head, contents.head_options) == (snapshot.head_name, snapshot.head_options)
-    if same and not steps.removed and kept == len(snapshot):
-        head = base.head()
-        if head is not None and hasattr(head, "add"):
-            import torch  # here, not above: a run with nothing to do needs no torch
-
-            head.add(torch.from_numpy(contents.vectors[kept:]), [e.identity for e in contents.entries[kept:]])
-            return head
-    labels = [entry.identity for entry in contents.entries]
-    return store.fit_head(contents.head, contents.head_options, contents.vectors, labels)
-
-
-def _changed(snapshot: store.Snapshot, steps: Plan, skipped: list[Skipped], head: str, head_options) -> bool:
+def _changed(snapshot: GalleryState, steps: Plan, skipped: list[Skipped], head, head_options) -> bool:
     """Whether the gallery needs a new version: entries, skipped images or the head differ."""
+    same_head = head is None or (head, head_options) == (snapshot.head_name, snapshot.head_options)
     return (
         steps.changes_entries
         or {s.source for s in skipped} != {s.source for s in snapshot.skipped()}
-        or (head, head_options) != (snapshot.head_name, snapshot.head_options)
+        or not same_head
     )
 
 
-def _embed(pipeline, images: list[FoundImage], progress: bool, note: Note):
+def _help(store: Store, team: spread.Team, request: ModelRequest, progress: bool, note: Note) -> IndexReport:
+    """A process other than 0 of a spread run: embed its share of process 0's job and send it back."""
+    job = team.broadcast()
+    if job is None:
+        raise spread.LeaderStopped(f"{store.location}: process 0 of the run stopped; its error says why")
+    report = IndexReport(store.location, helper=True)
+    if job["images"]:
+        images = [FoundImage(**image) for image in job["images"]]
+        made = Provenance.from_record(job["provenance"])
+        pipeline, _ = open_pipeline(made, request, store.location)
+        report.embedded = len(_embed_share(team, pipeline, made.embedding_size, images, progress, note))
+    return report
+
+
+Outcome = tuple[Entry, np.ndarray] | Skipped
+
+
+def _embed_share(
+    team: spread.Team | None, pipeline, width: int, images: list[FoundImage], progress, note
+) -> list[Outcome]:
+    """Embed `images` (one process), or this process's share of them (a spread run). Process 0 gets
+    every image's outcome in the list's order; the others get their own share's."""
+    if team is None:
+        return _embed(pipeline, images, progress, note)
+    rows = team.share(images)
+    mine = _embed(pipeline, [images[row] for row in rows], progress, note)
+    shares = team.gather(_outcomes_json(rows, mine))
+    if not team.leader:
+        return mine
+    found: dict[int, Outcome] = {}
+    for share in shares:
+        found.update(_outcomes_from_json(share, width))
+    return [found[row] for row in range(len(images))]
+
+
+def _outcomes_json(rows: list[int], outcomes: list[Outcome]) -> dict[str, Any]:
+    faces = [o for o in outcomes if not isinstance(o, Skipped)]
+    return {
+        "rows": rows,
+        "outcomes": [asdict(o) if isinstance(o, Skipped) else {"entry": asdict(o[0])} for o in outcomes],
+        "vectors": spread.pack_vectors([vector for _, vector in faces]),
+    }
+
+
+def _outcomes_from_json(share: dict[str, Any], width: int) -> dict[int, Outcome]:
+    vectors = iter(spread.unpack_vectors(share["vectors"], width))
+    found: dict[int, Outcome] = {}
+    for row, outcome in zip(share["rows"], share["outcomes"], strict=True):
+        if "entry" in outcome:
+            record = outcome["entry"]
+            box = None if record["box"] is None else tuple(record["box"])
+            found[row] = (Entry(**{**record, "box": box}), next(vectors))
+        else:
+            found[row] = Skipped(**outcome)
+    return found
+
+
+def _split(outcomes: list[Outcome]) -> tuple[list[Entry], list[np.ndarray], list[Skipped]]:
+    entries = [o[0] for o in outcomes if not isinstance(o, Skipped)]
+    vectors = [o[1] for o in outcomes if not isinstance(o, Skipped)]
+    return entries, vectors, [o for o in outcomes if isinstance(o, Skipped)]
+
+
+def _embed(pipeline, images: list[FoundImage], progress: bool, note: Note) -> list[Outcome]:
     """Detect and embed `images`: the largest face of each; images without one are skipped."""
-    entries, vectors, skipped = [], [], []
+    outcomes: list[Outcome] = []
     results = pipeline.run(image.source for image in images)
     with tqdm(total=len(images), unit="image", disable=not progress, file=sys.stderr) as bar:
         for image, result in zip(images, results, strict=True):
             reason = result.error or (NO_FACE if not result.faces else None)
             if reason is not None:
                 note(f"{image.source}: {reason}, skipped")
-                skipped.append(Skipped(image.source, image.sha256, reason))
+                outcomes.append(Skipped(image.source, image.sha256, reason))
             else:
                 if len(result.faces) > 1:
                     note(f"{image.source}: {len(result.faces)} faces, enrolled the largest")
                 box = tuple(float(v) for v in result.faces[0].box)
-                entries.append(Entry(image.identity, image.source, image.sha256, box, store.now()))
-                vectors.append(result.embeddings[0].numpy())
+                entry = Entry(image.identity, image.source, image.sha256, box, now())
+                outcomes.append((entry, result.embeddings[0].numpy()))
             bar.update()
-    return entries, vectors, skipped
+    return outcomes
 
 
-def _contents(base: Base, provenance, head, head_options, steps: Plan, entries, vectors, skipped) -> Contents:
+def _change(base: Base, provenance, head, head_options, steps: Plan, entries, vectors, skipped) -> Change:
+    """The plan as a store change: kept rows, then moved photos with their known vectors, then new ones."""
+    width = provenance.embedding_size
     old_entries = base.entries()
-    old_vectors = base.vectors(provenance.embedding_size)
-    rows = steps.keep + [row for _, row in steps.reuse]
     reused = [
-        Entry(image.identity, image.source, image.sha256, old_entries[row].box, store.now())
+        Entry(image.identity, image.source, image.sha256, old_entries[row].box, now())
         for image, row in steps.reuse
     ]
-    parts = [np.asarray(old_vectors[rows], dtype=np.float32)]
+    parts = [base.vectors([row for _, row in steps.reuse], width)]
     if vectors:
         parts.append(np.stack(vectors).astype(np.float32))
-    return Contents(
+    return Change(
         provenance=provenance,
         head=head,
         head_options=head_options,
-        entries=[old_entries[row] for row in steps.keep] + reused + entries,
+        keep=steps.keep,
+        added=reused + entries,
         vectors=np.concatenate(parts),
         skipped=skipped,
     )

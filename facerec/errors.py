@@ -7,3 +7,7 @@ class FacerecError(Exception):
 
 class UsageError(FacerecError):
     """Bad usage (an unknown plugin name, a malformed option): the CLI exits with status 2."""
+
+
+class GalleryBusy(FacerecError):
+    """Another process holds the gallery's write lock; trying again later may succeed."""

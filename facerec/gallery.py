@@ -1,4 +1,5 @@
-"""The gallery store: enrolled faces on disk, never half-written, checked on every open.
+"""The `local` store's format (plugins/local_store.py): a gallery in a folder, never half-written,
+checked on every open.
 
 A gallery is a folder:
 
@@ -40,15 +41,15 @@ import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facerec.errors import FacerecError
+from facerec.errors import FacerecError, GalleryBusy
 from facerec.provenance import Provenance
 from facerec.registry import registry
+from facerec.stores import Entry, Skipped, now
 from facerec.weights import sha256_file
 
 if TYPE_CHECKING:
@@ -63,7 +64,6 @@ HEAD_FOLDER = "head"
 MANIFEST_FILE = "manifest.json"
 TEMP_PREFIX = ".tmp-"
 VERSION_NAME = re.compile(r"^v(\d{6,})-[0-9a-f]{8}$")
-DEFAULT_GALLERY = Path(".facerec") / "gallery"
 HASHED_ON_OPEN = 16 * 2**20  # hashing 16 MiB takes about 10 ms; bigger files are hashed by `--repair`
 HEAL = "`facerec gallery --repair` (or `facerec index DIR`) rebuilds what can be rebuilt"
 
@@ -89,36 +89,6 @@ class GalleryDamaged(FacerecError):
 
 class Unusable(Exception):
     """A version whose entries cannot be read (folder gone, database damaged); says why, version first."""
-
-
-def default_path() -> Path:
-    """`FACEREC_GALLERY`, else `.facerec/gallery` under the working directory."""
-    return Path(os.environ.get("FACEREC_GALLERY") or DEFAULT_GALLERY)
-
-
-def now() -> str:
-    """The current UTC time as ISO 8601, as galleries record it."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One enrolled face: who, from which file (absolute path, SHA-256 of its bytes), where in it."""
-
-    identity: str
-    source: str
-    sha256: str
-    box: tuple[float, float, float, float] | None
-    enrolled_at: str
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An image that enrolled nothing, remembered so an unchanged one is not processed again."""
-
-    source: str
-    sha256: str
-    reason: str
 
 
 @dataclass
@@ -153,6 +123,7 @@ class Snapshot:
             raise FacerecError(
                 f"{path}: gallery format {self.meta['format']} is newer than this facerec reads"
             )
+        self.written_at: str | None = self.meta.get("written_at")
         self.head_name: str = self.meta["head"]
         self.head_options: dict[str, Any] = self.meta["head_options"]
         if manifest_problem is None and recorded is None and "manifest" in self.meta:
@@ -183,9 +154,10 @@ class Snapshot:
         rows = self._db.execute("SELECT identity, count(*) FROM entries GROUP BY identity ORDER BY identity")
         return dict(rows.fetchall())
 
-    def vectors(self) -> np.ndarray:
-        """The (N, D) float32 embeddings, memory-mapped."""
-        return np.load(self.folder / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+    def vectors(self, rows: Sequence[int] | None = None) -> np.ndarray:
+        """The (N, D) float32 embeddings, memory-mapped; or a copy of those of `rows`."""
+        matrix = np.load(self.folder / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+        return matrix if rows is None else np.asarray(matrix[np.asarray(rows, dtype=np.int64)])
 
     def load_head(self) -> Head:
         """The fitted head, built with the recorded options and loaded from this version's files."""
@@ -296,7 +268,7 @@ def read(path: Path) -> Snapshot | None:
     if path.exists() and not path.is_dir():
         raise FacerecError(f"{path}: is a file, not a gallery folder")
     for _ in range(3):  # a writer may swap versions between reading CURRENT and opening the folder
-        version = _current(path)
+        version = current(path)
         if version is None:
             if _versions(path):
                 raise GalleryDamaged(f"{path}: {CURRENT_FILE} is missing; {HEAL}")
@@ -304,7 +276,7 @@ def read(path: Path) -> Snapshot | None:
         snapshot, problem = _open_checked(path, version)
         if problem is None:
             return snapshot
-        if _current(path) == version:  # else a writer removed the version meanwhile: read CURRENT again
+        if current(path) == version:  # else a writer removed the version meanwhile: read CURRENT again
             raise GalleryDamaged(f"{path}: {problem}; {HEAL}")
     raise FacerecError(f"{path}: the gallery kept changing while being read; try again")
 
@@ -327,7 +299,7 @@ def recover(path: Path, full: bool = False) -> tuple[Snapshot | None, str | None
     must be rebuilt. (None, None) for a gallery never written."""
     path = Path(path)
     try:
-        version, problem = _current(path), None
+        version, problem = current(path), None
     except GalleryDamaged:
         version, problem = None, f"{CURRENT_FILE} does not name a version"
     if version is not None:
@@ -353,7 +325,8 @@ def recover(path: Path, full: bool = False) -> tuple[Snapshot | None, str | None
     )
 
 
-def _current(path: Path) -> str | None:
+def current(path: Path) -> str | None:
+    """The version CURRENT names, None when there is no CURRENT; GalleryDamaged when it names none."""
     try:
         version = (path / CURRENT_FILE).read_bytes().decode("ascii", "replace").strip()
     except FileNotFoundError:
@@ -386,7 +359,7 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _check_same_file(lock, path / LOCK_FILE)
         except BlockingIOError:
-            raise FacerecError(f"{path}: another facerec process is writing this gallery") from None
+            raise GalleryBusy(f"{path}: another facerec process is writing this gallery") from None
         try:
             yield
         finally:
@@ -449,20 +422,20 @@ def write(path: Path, contents: Contents, head: Head, previous: str | None = Non
     """
     path = Path(path)
     try:
-        current = _current(path)
+        live = current(path)
     except GalleryDamaged:
-        current = None
-    previous = previous or current
+        live = None
+    previous = previous or live
     try:
-        return _write(path, contents, head, previous, current)
+        return _write(path, contents, head, previous, live)
     except OSError as error:
         raise cannot_write(path, error) from None
 
 
-def _write(path: Path, contents: Contents, head: Head, previous: str | None, current: str | None) -> str:
-    _remove_leftovers(path, keep={previous, current} - {None})
+def _write(path: Path, contents: Contents, head: Head, previous: str | None, live: str | None) -> str:
+    _remove_leftovers(path, keep={previous, live} - {None})
     number = (
-        max((int(VERSION_NAME.match(name).group(1)) for name in {previous, current} - {None}), default=0) + 1
+        max((int(VERSION_NAME.match(name).group(1)) for name in {previous, live} - {None}), default=0) + 1
     )
     version = f"v{number:06d}-{uuid.uuid4().hex[:8]}"
     temp = path / f"{TEMP_PREFIX}{version}"

@@ -48,5 +48,11 @@ def register_aligners(register: Register) -> None:
 
 
 @hookspec
+def register_stores(register: Register) -> None:
+    """Register gallery stores, each under the URI scheme `--gallery NAME:...` names (see
+    facerec.parts.Store); the factory takes `location`, the text after `NAME:`."""
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the `facerec` command group."""

@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facerec import gallery as store
 from facerec.errors import FacerecError, UsageError
 from facerec.faces import Face
 from facerec.provenance import ModelRequest, open_pipeline, same_person_distance
+from facerec.stores import open_store
 
 if TYPE_CHECKING:
-    from facerec.parts import Head
+    from facerec.parts import GalleryState, Head, Store
 
 DEFAULT_TOP_K = 3
 
@@ -58,9 +57,10 @@ class Identifier:
     Models load once; `refresh` picks up a newer version of the gallery without reloading them.
     """
 
-    def __init__(self, gallery: Path, request: ModelRequest | None = None) -> None:
-        self.gallery = Path(gallery)
-        snapshot = _open(self.gallery)
+    def __init__(self, gallery: str | os.PathLike | Store, request: ModelRequest | None = None) -> None:
+        self.store = open_store(gallery)
+        self.gallery = self.store.location
+        snapshot = _open(self.store)
         try:
             self.pipeline, made = open_pipeline(snapshot.provenance, request or ModelRequest(), self.gallery)
             self.distance_threshold = same_person_distance(snapshot.provenance, made)
@@ -71,7 +71,9 @@ class Identifier:
 
     def refresh(self) -> None:
         """Load the head of the gallery's current version when it changed since this was built."""
-        snapshot = _open(self.gallery)
+        if self.store.current() == self.version:
+            return
+        snapshot = _open(self.store)
         try:
             if snapshot.version != self.version:
                 self.head, self.version = snapshot.load_head(), snapshot.version
@@ -129,8 +131,10 @@ def decide(face: Face, candidates: list[tuple[str, float]], threshold: float) ->
     return Identification(face, name if distance <= threshold else None, distance, candidates)
 
 
-def _open(gallery: Path) -> store.Snapshot:
-    snapshot = store.read(gallery)
+def _open(store: Store) -> GalleryState:
+    snapshot = store.read()
     if snapshot is None:
-        raise FacerecError(f"{gallery}: no gallery here; run `facerec index DIR` first or pass --gallery")
+        raise FacerecError(
+            f"{store.location}: no gallery here; run `facerec index DIR` first or pass --gallery"
+        )
     return snapshot

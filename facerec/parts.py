@@ -65,6 +65,14 @@ class Backbone(Protocol):
     names none (None: untrained). `thresholds` gives, for named pretrained weights, the Euclidean
     distance between unit embeddings up to which two faces are the same person; weights not named there
     (a fine-tuned file, say) use the threshold of `default_pretrained`.
+
+    A backbone that supports `--precision int8` also offers `for_quantization(module)`: a float network,
+    traceable by torch.fx, that computes the unit embeddings of `module` in eval mode with the operations
+    static int8 quantization knows (modules or out-of-place functions, residual sums as `+`, no in-place
+    ops or shape-dependent branches); an attribute `float_modules` on it may name submodules to keep in
+    FP32, where int8 costs more accuracy than it saves time. facerec.precision calibrates, quantizes and
+    caches it. Without that method the backbone runs in FP32 only (checked with `hasattr`, not part of
+    this protocol, so backbones written before it still conform).
     """
 
     recipe: InputRecipe
@@ -180,7 +188,10 @@ class Head(Protocol):
     is accepted, or None for a head whose distance is the embeddings' own: the gallery then takes the
     threshold the backbone declares for its weights. Heads store only plain arrays and JSON, never pickle. A head may also offer
     `add(vectors, labels)`, extending a fitted head with more faces; galleries that only grew use it
-    instead of fitting again.
+    instead of fitting again. And `remove(rows) -> bool`, forgetting the faces at rows `rows` (0-based
+    positions among the faces it holds, in the order fitted then added; the others close up, in order, and
+    `search` never returns a removed face); it returns False, changing nothing, when the head would rather
+    be fitted again on the faces left. Callers check `hasattr(head, "add")` / `hasattr(head, "remove")`.
     """
 
     options: Mapping[str, Any]
@@ -200,4 +211,85 @@ class Head(Protocol):
 
     def load(self, folder: Path) -> None:
         """Read back what `save` wrote."""
+        ...
+
+
+@runtime_checkable
+class GalleryState(Protocol):
+    """One committed state of a gallery, read-only: what `identify`, `gallery` and `serve` read.
+
+    Rows are numbered 0..N-1 in a stable order: `entries()[i]` is row i, `vectors()[i]` its embedding.
+    `damage` maps the parts a store found untrustworthy (`vectors`, `head`) to why; a store that cannot be
+    damaged that way leaves it empty. `load_head()` returns what searches the gallery: the fitted head for
+    a store that keeps one (`Store.fits_heads`), else the store's own search (`search` and
+    `default_threshold` as a Head's).
+    """
+
+    version: str
+    provenance: Any  # facerec.provenance.Provenance
+    head_name: str
+    head_options: Mapping[str, Any]
+    written_at: str | None
+    damage: Mapping[str, str]
+
+    def __len__(self) -> int: ...
+
+    def entries(self) -> list[Any]:
+        """Every enrolled face (facerec.stores.Entry), in row order."""
+        ...
+
+    def skipped(self) -> list[Any]:
+        """The images that enrolled nothing (facerec.stores.Skipped)."""
+        ...
+
+    def identities(self) -> dict[str, int]:
+        """Enrolled faces per identity, by name."""
+        ...
+
+    def vectors(self, rows: Sequence[int] | None = None) -> Any:
+        """The (N, D) float32 unit embeddings (numpy), or those of `rows` in the order given."""
+        ...
+
+    def load_head(self) -> Head:
+        """What searches this state (see the class docstring)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where a gallery lives: a folder (`local`), a vector database (`milvus`), or a plugin's own.
+
+    The factory takes the text of `--gallery` after `NAME:` (the whole text for a plain folder path).
+    Every store keeps facerec's gallery rules, which the core applies through this interface: the
+    provenance of the vectors, incremental indexing by content hash (entries carry each photo's SHA-256),
+    one writer at a time, and commits that readers see whole or not at all. `location` names the gallery
+    in messages. `fits_heads` says whether the store keeps a head fitted by facerec (`faiss`,
+    `classifier`); a store that searches by itself records its own search as the head.
+    """
+
+    location: str
+    fits_heads: bool
+
+    def read(self) -> GalleryState | None:
+        """The current committed state, checked; None when nothing was ever written here."""
+        ...
+
+    def current(self) -> str | None:
+        """The current state's version name, cheaply (a reader compares it with the one it holds)."""
+        ...
+
+    def locked(self) -> Any:
+        """A context manager holding the one-writer lock (facerec.errors.GalleryBusy when another holds it)."""
+        ...
+
+    def recover(self, full: bool = False) -> tuple[GalleryState | None, str | None]:
+        """For a writer: the newest usable state and what was wrong (None when intact); `full` checks
+        everything (SHA-256 of every file, say). (None, None) for a gallery never written."""
+        ...
+
+    def commit(self, base: GalleryState | None, change: Any) -> str:
+        """Apply `change` (facerec.stores.Change) to `base` (what `recover` returned) as the new current
+        state, all at once for readers; returns its version name. Call inside `locked()`."""
         ...

@@ -31,7 +31,9 @@ class Provenance:
 
     `recipe` is the backbone's input recipe as used (facerec.parts.InputRecipe.to_json: size, aligner
     and its options, mean, std, channels). `threshold` is the same-person distance of the weights, the
-    default of `identify`; it does not change the vectors.
+    default of `identify`; it does not change the vectors. `precision` is the backbone's arithmetic
+    (facerec.precision: fp32, or int8 for its calibrated quantized network); galleries written before it
+    was recorded were made in fp32.
     """
 
     backbone: str
@@ -43,6 +45,7 @@ class Provenance:
     recipe: dict[str, Any] = field(default_factory=dict)
     embedding_size: int = 512
     threshold: float | None = None
+    precision: str = "fp32"
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Provenance:
@@ -63,11 +66,12 @@ class Provenance:
         return cls(**{key: value for key, value in record.items() if key in known})
 
     def describe(self) -> str:
-        """One line: network, weights (and their SHA-256), detector, aligner."""
+        """One line: network, weights (and their SHA-256), precision when not fp32, detector, aligner."""
         weights = self.weights_file or self.pretrained
         digest = f", sha256 {self.weights_sha256[:12]}" if self.weights_sha256 else ""
+        precision = f", precision {self.precision}" if self.precision != "fp32" else ""
         return (
-            f"{self.backbone} with weights {weights}{digest}, detector {self.detector}, "
+            f"{self.backbone} with weights {weights}{digest}{precision}, detector {self.detector}, "
             f"aligner {describe_aligner(self.recipe)}"
         )
 
@@ -103,6 +107,8 @@ class ModelRequest:
     aligner: str | None = None
     aligner_options: dict[str, Any] | None = None
     device: str | None = "auto"
+    precision: str | None = None
+    calibration: str | os.PathLike | None = None  # int8: photos to calibrate on when not cached yet
 
 
 def check_request(recorded: Provenance, request: ModelRequest, gallery: Path) -> None:
@@ -111,6 +117,7 @@ def check_request(recorded: Provenance, request: ModelRequest, gallery: Path) ->
         "backbone": (request.backbone, recorded.backbone),
         "detector": (request.detector, recorded.detector),
         "aligner": (request.aligner, recorded.recipe.get("aligner")),
+        "precision": (request.precision, recorded.precision),
     }
     if request.weights is None:
         wanted["pretrained weights"] = (request.pretrained, recorded.pretrained)
@@ -162,6 +169,8 @@ def open_pipeline(
         pretrained=None if weights else _choose(request.pretrained, recorded and recorded.pretrained),
         weights=weights,
         device=request.device,
+        precision=_choose(request.precision, recorded and recorded.precision, "fp32"),
+        calibration=request.calibration,
     )
     loaded = pipeline.backbone
     made = Provenance(
@@ -174,6 +183,7 @@ def open_pipeline(
         recipe=pipeline.recipe.to_json(),
         embedding_size=loaded.plugin.embedding_size,
         threshold=loaded.threshold,
+        precision=loaded.precision,
     )
     if recorded is not None and not recorded.same_vectors(made):
         raise mismatch(gallery, recorded, made.describe())

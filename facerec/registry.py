@@ -22,7 +22,7 @@ from facerec import hookspecs
 from facerec.errors import UsageError
 
 ENTRY_POINT_GROUP = "facerec"
-KINDS = ("backbone", "detector", "loss", "miner", "head", "aligner")
+KINDS = ("backbone", "detector", "loss", "miner", "head", "aligner", "store")
 
 
 @dataclass(frozen=True)

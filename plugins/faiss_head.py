@@ -7,6 +7,11 @@ dimension in the teens, so little is lost) and re-ranks the candidates it finds 
 512-dimensional distances; `ivf` (k-means lists) builds much faster but finds the true nearest face
 less often on face-like data. How often each finds it (recall@1) is measured by
 benchmarks/bench_search.py. On unit vectors the Euclidean ranking is the inner-product ranking.
+
+Removing faces leaves the index as it is and marks their FAISS ids dead (tombstones): rebuilding an
+HNSW graph of a million vectors takes minutes, marking takes a millisecond, and the dead nodes still
+serve as stepping stones in the graph. Searches skip dead ids. Past TOMBSTONE_LIMIT of the index dead,
+`remove` declines and the caller fits the head again, which drops them for good.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ import numpy as np
 import torch
 
 from facerec import hookimpl
-from facerec.errors import UsageError
+from facerec.errors import FacerecError, UsageError
 
 INDEX_FILE = "faiss.index"
 CODES_FILE = "codes.npy"
 IDENTITIES_FILE = "identities.json"
+ALIVE_FILE = "alive.npy"
 INDEX_KINDS = ("auto", "flat", "hnsw", "ivf")
 EXACT_UP_TO = 50_000  # a flat search of 50k x 512 takes a few ms a query; past that, go approximate
 PCA_DIMENSIONS = 128  # what the HNSW graph is walked in; candidates are re-ranked in full
@@ -34,6 +40,7 @@ RERANKED = 4  # the graph proposes RERANKED x k candidates for the exact re-rank
 PCA_SAMPLE = 65_536
 IVF_MIN_VECTORS = 2 * 39  # FAISS wants 39 training points a list, and a list of one is no index
 PCA_MIN_VECTORS = 1_000  # fewer cannot estimate 128 components; a graph on them is cheap at full size
+TOMBSTONE_LIMIT = 0.25  # past this share of dead ids, searches widen a lot and a refit pays for itself
 
 
 class FaissHead:
@@ -64,19 +71,44 @@ class FaissHead:
             "nprobe": nprobe,
         }
         self.index: faiss.Index | None = None
-        self.codes = np.zeros(0, dtype=np.int64)
+        self.codes = np.zeros(0, dtype=np.int64)  # by FAISS id, dead ones included
         self.identities: list[str] = []
+        self.alive = np.zeros(0, dtype=bool)  # by FAISS id; the head's rows are its live ids, in order
+        self.live_faces = self.live_identities = 0
 
     def fit(self, vectors: torch.Tensor, labels: Sequence[str]) -> None:
         self.identities, self.codes = [], np.zeros(0, dtype=np.int64)
         self._label(labels)
         self.index = self._build(_float32(vectors))
+        self._set_alive(np.ones(self.index.ntotal, dtype=bool))
 
     def add(self, vectors: torch.Tensor, labels: Sequence[str]) -> None:
         """Extend the fitted index with more faces, without rebuilding it (an HNSW graph takes minutes
-        at a million). The structure stays what it was when fitted."""
+        at a million). The structure stays what it was when fitted; the new faces are the last rows."""
         self._label(labels)
         self.index.add(_float32(vectors))
+        self._set_alive(np.concatenate([self.alive, np.ones(len(labels), dtype=bool)]))
+
+    def remove(self, rows: Sequence[int]) -> bool:
+        """Forget the faces at rows `rows` (positions among the faces held now); the others close up, in
+        order. Returns False, changing nothing, when the dead would pass TOMBSTONE_LIMIT of the index:
+        the caller then fits the head again on the faces left."""
+        positions = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(positions) and (positions[0] < 0 or positions[-1] >= self.live_faces):
+            raise UsageError(f"head 'faiss': cannot remove rows outside 0..{self.live_faces - 1}")
+        dead = len(self.alive) - self.live_faces + len(positions)
+        if dead > TOMBSTONE_LIMIT * len(self.alive):
+            return False
+        alive = self.alive.copy()
+        alive[np.flatnonzero(alive)[positions]] = False
+        self._set_alive(alive)
+        return True
+
+    def _set_alive(self, alive: np.ndarray) -> None:
+        """Adopt the tombstones `alive`, counting what searches can still find."""
+        self.alive = alive
+        self.live_faces = int(np.count_nonzero(alive))
+        self.live_identities = int(np.count_nonzero(np.bincount(self.codes[alive], minlength=1)))
 
     def _label(self, labels: Sequence[str]) -> None:
         """Append the codes of `labels`, numbering identities in order of first appearance."""
@@ -125,10 +157,12 @@ class FaissHead:
 
     def search(self, queries: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         matrix = _float32(queries)
-        if self.index is None or self.index.ntotal == 0 or k < 1:
+        k = min(k, self.live_identities)  # more cannot be found: without this bound, the loop scans it all
+        if k < 1:
             return [[] for _ in range(len(matrix))]
-        # Several enrolled vectors may share an identity: ask for more neighbours until k distinct show up.
-        wanted = min(self.index.ntotal, 4 * k)
+        # Several enrolled vectors may share an identity, and dead ones are skipped: ask for more neighbours
+        # until k distinct live identities show up, starting as wide as the tombstones' share suggests.
+        wanted = min(self.index.ntotal, math.ceil(4 * k * self.index.ntotal / self.live_faces))
         results: list[list[tuple[str, float]] | None] = [None] * len(matrix)
         pending = np.arange(len(matrix))
         while len(pending):
@@ -146,18 +180,20 @@ class FaissHead:
 
     def _neighbours(self, matrix: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
         hnsw = _part(self.index, faiss.IndexHNSW)
-        if hnsw is not None and hnsw.hnsw.efSearch < RERANKED * wanted:  # the graph must hold what is asked
-            hnsw.hnsw.efSearch = RERANKED * wanted
+        if hnsw is not None:  # the graph must hold what is asked; a wide search must not slow later ones
+            hnsw.hnsw.efSearch = max(self.options["ef_search"], RERANKED * wanted)
         with _threads(min(len(matrix), faiss.omp_get_max_threads())):
             squared, ids = self.index.search(matrix, wanted)
         return np.sqrt(np.maximum(squared, 0)), ids
 
     def _distinct(self, distances: np.ndarray, ids: np.ndarray, k: int) -> list[tuple[str, float]]:
-        """The first k distinct identities among neighbours sorted nearest first, with their distances."""
+        """The first k distinct identities among live neighbours sorted nearest first, with their distances."""
         found: dict[str, float] = {}
         for distance, vector_id in zip(distances, ids, strict=True):
             if vector_id < 0:  # FAISS pads with -1 when it finds fewer neighbours than asked
                 break
+            if not self.alive[vector_id]:
+                continue
             identity = self.identities[self.codes[vector_id]]
             if identity not in found:
                 found[identity] = float(distance)
@@ -169,12 +205,26 @@ class FaissHead:
         faiss.write_index(self.index, str(folder / INDEX_FILE))
         np.save(folder / CODES_FILE, self.codes)
         (folder / IDENTITIES_FILE).write_text(json.dumps(self.identities, ensure_ascii=False), "utf-8")
+        np.save(folder / ALIVE_FILE, self.alive)
 
     def load(self, folder: Path) -> None:
+        """Read back what `save` wrote; a folder saved before tombstones existed has none dead."""
         self.index = faiss.read_index(str(folder / INDEX_FILE))
         self._tune(self.index)
         self.codes = np.load(folder / CODES_FILE, allow_pickle=False)
         self.identities = json.loads((folder / IDENTITIES_FILE).read_text("utf-8"))
+        self._set_alive(self._read_alive(folder / ALIVE_FILE))
+
+    def _read_alive(self, path: Path) -> np.ndarray:
+        """The tombstones saved at `path`; all alive when it is missing (saved before tombstones existed)."""
+        if not path.exists():
+            return np.ones(self.index.ntotal, dtype=bool)
+        alive = np.load(path, allow_pickle=False)
+        if alive.dtype != bool or alive.shape != (self.index.ntotal,):
+            raise FacerecError(
+                f"{path}: expected {self.index.ntotal} booleans, found {alive.dtype} {alive.shape}"
+            )
+        return alive
 
 
 @contextlib.contextmanager

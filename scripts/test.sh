@@ -13,4 +13,6 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 .venv/bin/ruff check .
-.venv/bin/python -m pytest "$@"
+# One worker per core (at most 4); each test file runs whole in one worker, so its module fixtures
+# (an indexed gallery, a calibrated network) are made once.
+.venv/bin/python -m pytest -n auto --maxprocesses 4 --dist loadfile "$@"

@@ -20,9 +20,12 @@ from gallery_support import shrink, weights_cache
 from PIL import Image
 
 from conftest import SHARED
+from facerec.errors import GalleryBusy
 from facerec.faces import Face
-from facerec.parts import Backbone, DatasetMiner, InputRecipe, LossResult, Miner
+from facerec.parts import Backbone, DatasetMiner, GalleryState, InputRecipe, LossResult, Miner, Store
+from facerec.provenance import Provenance
 from facerec.registry import KINDS, registry
+from facerec.stores import Change, Entry, Skipped, now, open_store
 
 PHOTO = SHARED / "faces" / "photos" / "obama_small.jpg"
 # MTCNN's face in PHOTO shrunk to 160 x 120 (box and five landmarks, rounded): what aligners get.
@@ -50,7 +53,7 @@ def options_of(kind: str, name: str) -> set[str]:
 
 
 def test_every_kind_has_a_contract():
-    covered = {"backbone", "detector", "aligner", "loss", "miner", "head"}
+    covered = {"backbone", "detector", "aligner", "loss", "miner", "head", "store"}
     assert set(KINDS) == covered, f"add the contract of {sorted(set(KINDS) - covered)} to this file"
 
 
@@ -239,6 +242,65 @@ def test_head(name, tmp_path):
     again = registry().create("head", name, **head.options)
     again.load(tmp_path)
     assert again.search(centres, 2) == found
+
+
+PROVENANCE = Provenance("inception-resnet", "vggface2", "ab" * 32, None, "mtcnn", {"name": "mtcnn"})
+
+
+def faces(names: list[str], start: int) -> list[Entry]:
+    return [
+        Entry(name, f"/photos/{start + i}.jpg", f"{start + i:064x}", (1.0, 2.0, 3.0, 4.0), now())
+        for i, name in enumerate(names)
+    ]
+
+
+@pytest.mark.parametrize("name", parts("store"))
+def test_store(name, tmp_path):
+    store = open_store(f"{name}:{tmp_path / 'gallery.db'}")
+    assert isinstance(store, Store) and isinstance(store.location, str)
+    assert store.read() is None and store.current() is None and store.recover() == (None, None)
+    vectors = torch.nn.functional.normalize(unit_rows(6, 512, seed=2), dim=1).numpy()
+    head = "faiss" if store.fits_heads else None
+    first = Change(
+        PROVENANCE, head, {"index": "flat"} if head else {}, [], faces(["ada", "bo", "cy"] * 2, 0), vectors
+    )
+    first.skipped = [Skipped("/photos/x.jpg", "ff" * 32, "no face found")]
+    with store.locked():
+        with pytest.raises(GalleryBusy), store.locked():  # one writer at a time
+            pass
+        version = store.commit(None, first)
+    state = store.read()
+    assert isinstance(state, GalleryState) and state.version == version == store.current()
+    assert state.provenance == PROVENANCE and len(state) == 6 and not state.damage
+    assert state.entries() == first.added and state.skipped() == first.skipped
+    assert state.identities() == {"ada": 2, "bo": 2, "cy": 2}
+    assert np.allclose(state.vectors(), vectors) and np.allclose(state.vectors([4, 1]), vectors[[4, 1]])
+    ((nearest, distance), second), *_ = state.load_head().search(torch.from_numpy(vectors[3:4]), 2)
+    assert nearest == "ada" and distance < 1e-3 and second[0] != "ada"
+
+    added = torch.nn.functional.normalize(unit_rows(1, 512, seed=3), dim=1).numpy()
+    change = Change(
+        PROVENANCE,
+        state.head_name if head else None,
+        dict(state.head_options),
+        [1, 2, 4, 5],
+        faces(["dee"], 6),
+        added,
+    )
+    with store.locked():
+        base, problem = store.recover()
+        assert problem is None and base.version == version
+        newer = store.commit(base, change)
+        base.close()
+    state.close()
+    state = store.read()
+    assert newer != version and store.current() == newer
+    assert [e.source for e in state.entries()] == [f"/photos/{i}.jpg" for i in (1, 2, 4, 5, 6)]
+    assert state.identities() == {"bo": 2, "cy": 2, "dee": 1} and state.skipped() == []
+    found = state.load_head().search(torch.from_numpy(np.concatenate([vectors[:1], added])), 3)
+    assert "ada" not in {identity for answers in found for identity, _ in answers}
+    assert found[1][0][0] == "dee"
+    state.close()
 
 
 def is_pickle(path: Path) -> bool:

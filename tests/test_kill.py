@@ -55,7 +55,7 @@ def state(gallery: Path) -> tuple[str, int]:
     try:
         count = len(snapshot)
         assert snapshot.vectors().shape == (count, 512)
-        assert snapshot.load_head().index.ntotal == count
+        assert snapshot.load_head().live_faces == count
         assert sum(snapshot.identities().values()) == count
         return snapshot.version, count
     finally:

@@ -487,8 +487,10 @@ def test_edits_create_a_gallery_empty_it_and_wait_for_another_writer(tmp_path, m
     from facerec.provenance import Provenance
     from facerec.service import edits
     from facerec.service.errors import ServiceError
+    from facerec.stores import open_store
 
     gallery = tmp_path / "gallery"
+    folder = open_store(gallery)
     made = Provenance("inception-resnet", None, None, None, "mtcnn", embedding_size=4, threshold=1.0)
     photos = [Image.new("RGB", (8, 8), (number, 0, 0)) for number in range(2)]
     data = []
@@ -497,24 +499,24 @@ def test_edits_create_a_gallery_empty_it_and_wait_for_another_writer(tmp_path, m
         photo.save(out)
         data.append(out.read_bytes())
     face = Face((1.0, 1.0, 6.0, 6.0))
-    first = edits.enroll(gallery, made, "Ada", data[0], "PNG", face, torch.tensor([1.0, 0, 0, 0]))
-    edits.enroll(gallery, made, "Ada", data[1], "PNG", face, torch.tensor([0, 1.0, 0, 0]))
+    first = edits.enroll(folder, made, "Ada", data[0], "PNG", face, torch.tensor([1.0, 0, 0, 0]))
+    edits.enroll(folder, made, "Ada", data[1], "PNG", face, torch.tensor([0, 1.0, 0, 0]))
     snapshot = store.read(gallery)
     assert snapshot.identities() == {"Ada": 2} and snapshot.provenance == made
     snapshot.close()
     assert len(list((gallery / "uploads").iterdir())) == 2
 
-    edits.delete(gallery, "Ada", first.to_json()["face_id"])
-    edits.delete(gallery, "Ada")
+    edits.delete(folder, "Ada", first.to_json()["face_id"])
+    edits.delete(folder, "Ada")
     snapshot = store.read(gallery)
     assert len(snapshot) == 0 and snapshot.vectors().shape == (0, 4)
     snapshot.close()
     assert not any((gallery / "uploads").iterdir())
     with pytest.raises(ServiceError, match="no identity 'Ada'") as missing:
-        edits.delete(gallery, "Ada")
+        edits.delete(folder, "Ada")
     assert missing.value.status == 404
 
     monkeypatch.setattr(edits, "LOCK_WAIT", 0.2)
     with store.locked(gallery), pytest.raises(ServiceError, match="another process has been writing") as busy:
-        edits.enroll(gallery, made, "Ada", data[0], "PNG", face, torch.tensor([1.0, 0, 0, 0]))
+        edits.enroll(folder, made, "Ada", data[0], "PNG", face, torch.tensor([1.0, 0, 0, 0]))
     assert busy.value.status == 503 and busy.value.headers == {"Retry-After": "5"}

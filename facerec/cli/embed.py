@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from facerec.cli import each_result, echo_json, make_pipeline
-from facerec.cli.options import aligner_options, backbone_options, detector_options
+from facerec.cli.options import aligner_options, backbone_options, detector_options, precision_option
 
 
 @click.command(name="embed")
 @click.argument("images", nargs=-1, required=True)
 @backbone_options
+@precision_option
 @detector_options
 @aligner_options
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per image.")

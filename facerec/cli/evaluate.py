@@ -7,13 +7,15 @@ from pathlib import Path
 
 import click
 
-from facerec.cli import make_pipeline, warn
+from facerec.cli import warn
 from facerec.cli.options import (
     aligner_options,
     backbone_options,
     detector_options,
     face_cache_option,
     out_option,
+    pipeline_arguments,
+    precision_option,
     seed_option,
 )
 
@@ -23,6 +25,7 @@ DEFAULT_OUT = Path(".facerec") / "evaluation"
 @click.command(name="evaluate")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @backbone_options
+@precision_option
 @detector_options
 @aligner_options
 @click.option(
@@ -55,10 +58,12 @@ def command(ctx, data, pairs, impostors, folds, far, seed, out, face_cache, as_j
     protocol) and TAR at --far. Identification (folders only): the first image of each identity is its
     gallery entry, the others are probes; rank-1 accuracy.
     """
+    from facerec.engine import build_pipeline
     from facerec.training.assess import evaluate_folder, evaluate_pairs, write_results
     from facerec.training.facecache import FaceCache, default_root
 
-    pipeline = make_pipeline(ctx.params, embed=True)
+    # --precision int8 calibrates on DATA's photos when not cached
+    pipeline = build_pipeline(embed=True, calibration=data, **pipeline_arguments(ctx.params))
     loaded = pipeline.backbone
     cache = FaceCache(face_cache or default_root(), pipeline)
     if pairs is not None:
@@ -69,6 +74,7 @@ def command(ctx, data, pairs, impostors, folds, far, seed, out, face_cache, as_j
         "backbone": loaded.name,
         "weights": ctx.params["weights"] or loaded.pretrained,
         "weights_sha256": loaded.weights_sha256,
+        "precision": loaded.precision,
         "detector": pipeline.detector_name,
         "recipe": pipeline.recipe.to_json(),
     }

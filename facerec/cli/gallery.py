@@ -26,12 +26,12 @@ def command(gallery, as_json, repair):
     Every file of the gallery is checked as it opens; a damaged gallery is named in one line (exit
     status 1), and `--repair` (or the next `facerec index`) rebuilds it.
     """
-    from facerec import gallery as store
+    from facerec.stores import open_store
 
     if repair:
         click.echo(repaired(gallery))
         return
-    snapshot = store.read(gallery)
+    snapshot = open_store(gallery).read()
     if snapshot is None:
         raise FacerecError(f"{gallery}: no gallery here; run `facerec index DIR` first or pass --gallery")
     try:
@@ -40,7 +40,7 @@ def command(gallery, as_json, repair):
             for name, count in identities.items():
                 echo_json({"identity": name, "faces": count})
             return
-        click.echo(f"gallery   {gallery} ({snapshot.version}, written {snapshot.meta['written_at']})")
+        click.echo(f"gallery   {gallery} ({snapshot.version}, written {snapshot.written_at})")
         click.echo(f"models    {snapshot.provenance.describe()}")
         click.echo(f"head      {snapshot.head_name} {snapshot.head_options}")
         click.echo(f"faces     {sum(identities.values())} of {len(identities)} identities")

@@ -15,6 +15,7 @@ from facerec.cli.options import (
     detector_options,
     explicit_models,
     gallery_option,
+    precision_option,
 )
 from facerec.identify import DEFAULT_TOP_K, IdentifiedImage
 
@@ -43,6 +44,7 @@ UNKNOWN = "unknown"
     help="Write each photo with boxes and names drawn into OUTDIR.",
 )
 @backbone_options
+@precision_option
 @detector_options
 @aligner_options
 @click.pass_context

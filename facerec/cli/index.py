@@ -15,6 +15,7 @@ from facerec.cli.options import (
     explicit_models,
     gallery_option,
     parse_options,
+    precision_option,
 )
 from facerec.errors import FacerecError
 
@@ -23,6 +24,7 @@ from facerec.errors import FacerecError
 @click.argument("folder", type=click.Path(path_type=Path))
 @gallery_option
 @backbone_options
+@precision_option
 @detector_options
 @aligner_options
 @click.option(
@@ -59,8 +61,11 @@ def command(ctx, folder, gallery, device, head, head_option, **_models):
         head_options=parse_options(head_option, "--head-option") if head_option else None,
         progress=sys.stderr.isatty(),
         note=warn,
+        calibration=folder,  # --precision int8 calibrates on these photos when not cached
         **explicit_models(ctx),
     )
+    if report.helper:  # another process of a torchrun run: process 0 reports
+        return
     click.echo(summary(report))
     if report.enrolled_from_folder == 0:
         raise FacerecError(f"{folder}: no face enrolled from this folder")

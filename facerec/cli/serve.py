@@ -13,6 +13,7 @@ from facerec.cli.options import (
     detector_options,
     explicit_models,
     gallery_option,
+    precision_option,
 )
 
 
@@ -61,6 +62,7 @@ from facerec.cli.options import (
     help="Threads decoding and detecting images [default: one per CPU core].",
 )
 @backbone_options
+@precision_option
 @detector_options
 @aligner_options
 @click.pass_context

@@ -41,6 +41,7 @@ from facerec.service.errors import ServiceError, error_response
 from facerec.service.limits import Admission, BodyLimit
 from facerec.service.models import Models, Prepared, Upload
 from facerec.service.view import ServedGallery, View, face_json
+from facerec.stores import open_store
 
 STATIC = Path(__file__).parent / "static"
 PAGE_POLICY = (  # the page loads nothing but its own files and talks only to this server
@@ -55,7 +56,7 @@ T = TypeVar("T")
 class Settings:
     """What `facerec serve` was told: the gallery, the keys and the limits."""
 
-    gallery: Path
+    gallery: str  # a folder or a store URI, as --gallery gives it
     keys: Keys = field(default_factory=Keys)
     max_upload: int = 20_000_000
     max_queue: int = 64
@@ -71,7 +72,8 @@ class Service:
     def __init__(self, settings: Settings, models: Models) -> None:
         self.settings = settings
         self.models = models
-        self.gallery = ServedGallery(settings.gallery, models.made)
+        self.store = open_store(settings.gallery)
+        self.gallery = ServedGallery(self.store, models.made)
         self.admission = Admission(settings.max_queue)
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="facerec-writer")
 
@@ -86,12 +88,10 @@ class Service:
         return await run_in_threadpool(self.gallery.current)
 
     async def edit(self, change: Callable[..., T], *args: Any) -> T:
-        """`change(gallery, *args)` (facerec.service.edits) on the writer thread, admitted as image work
+        """`change(store, *args)` (facerec.service.edits) on the writer thread, admitted as image work
         is: edits waiting for the gallery count towards --max-queue."""
         with self.admission.admit():
-            return await asyncio.get_running_loop().run_in_executor(
-                self.writer, change, self.settings.gallery, *args
-            )
+            return await asyncio.get_running_loop().run_in_executor(self.writer, change, self.store, *args)
 
     async def detected(self, image: UploadFile) -> Prepared:
         """Stage one for an uploaded file (see facerec.service.models)."""

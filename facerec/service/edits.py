@@ -1,14 +1,14 @@
 """Enrolling one face and deleting faces over HTTP, through the same atomic gallery versions as
 `facerec index`.
 
-Every edit holds the gallery's write lock (facerec.gallery.locked: one writer at a time, across
-processes), reads the current version, and writes a whole new one with facerec.gallery.write (built
-beside the old, fsync'd, switched to with one rename): a kill at any moment leaves the old version or
-the new one. An edit waits up to LOCK_WAIT seconds for another process's write (a `facerec index` run,
+Every edit holds the gallery's write lock (the store's `locked`: one writer at a time, across
+processes), reads the current state, and commits its change through the store (for a folder gallery, a
+whole new version built beside the old, fsync'd, switched to with one rename): a kill at any moment
+leaves the old state or the new one. An edit waits up to LOCK_WAIT seconds for another process's write (a `facerec index` run,
 another server) before answering 503. The server calls these functions from one thread only.
 
-An enrolled photo is kept in the gallery folder, as `uploads/<sha256>.<format>`, and that path is the
-entry's source: like the photos of an indexed folder, it lets `facerec gallery --repair` embed it again
+An enrolled photo is kept as `uploads/<sha256>.<format>` in the gallery folder (for a gallery in a store
+elsewhere, in `.facerec/uploads` of the server's working directory), and that path is the entry's source: like the photos of an indexed folder, it lets `facerec gallery --repair` embed it again
 if the vectors are damaged, and a later re-index with other models find it. `facerec index DIR` leaves
 these entries alone (they are not in DIR). The version is written first and the photo after, both
 before the 201: a kill between them leaves an enrolled face whose photo is missing (repair cannot
@@ -27,27 +27,28 @@ import os
 import time
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from facerec import gallery as store
 from facerec.atomic import write_atomically
-from facerec.enroll import DEFAULT_HEAD
-from facerec.errors import FacerecError
+from facerec.enroll import head_choice
+from facerec.errors import GalleryBusy
 from facerec.faces import Face
-from facerec.gallery import Contents, Entry, Skipped, Snapshot
 from facerec.provenance import Provenance
-from facerec.registry import registry
 from facerec.service.errors import ServiceError
 from facerec.service.view import check_models, face_id
+from facerec.stores import Change, Entry, Skipped, now, unchanged
+
+if TYPE_CHECKING:
+    from facerec.parts import GalleryState, Store
 
 UPLOADS = "uploads"
 LOCK_WAIT = 30.0  # seconds an edit waits for another process's write before answering 503
 LOCK_POLL = 0.05
-BUSY = "another facerec process is writing this gallery"  # facerec.gallery.locked's refusal
 DELETED = "deleted through facerec serve"
 MAX_NAME_BYTES = 255  # a file name's limit on every common file system: a name can become a folder
 
@@ -85,8 +86,15 @@ class Enrolled:
         return {"identity": self.entry.identity, "face_id": face_id(self.entry), "box": list(self.entry.box)}
 
 
+def uploads_folder(store: Store) -> Path:
+    """Where enrolled photos are kept: inside a folder gallery, else in the working directory's
+    `.facerec` (a gallery in a database has no folder of its own)."""
+    folder = getattr(store, "path", None)
+    return (Path(folder) if folder is not None else Path(".facerec")).absolute() / UPLOADS
+
+
 def enroll(
-    gallery: Path,
+    store: Store,
     made: Provenance,
     identity: str,
     data: bytes,
@@ -97,21 +105,22 @@ def enroll(
     """Add `face` of the photo `data` (its `vector` embedded by the `made` models) under `identity`;
     `kind` is the photo's format (JPEG, PNG, ...)."""
     sha256 = hashlib.sha256(data).hexdigest()
-    photo = (Path(gallery) / UPLOADS / f"{sha256}.{kind.lower()}").absolute()
-    with _writing(gallery):
-        snapshot = store.read(gallery)
+    uploads = uploads_folder(store)
+    photo = uploads / f"{sha256}.{kind.lower()}"
+    with _writing(store):
+        snapshot = store.read()
         try:
             entries = snapshot.entries() if snapshot else []
             enrolled = _enrolled_before(entries, str(photo), identity)
             if enrolled is None:
                 box = tuple(float(v) for v in face.box)
-                enrolled = Enrolled(Entry(identity, str(photo), sha256, box, store.now()), created=True)
-                entries = _add(gallery, snapshot, made, entries, enrolled.entry, vector)
+                enrolled = Enrolled(Entry(identity, str(photo), sha256, box, now()), created=True)
+                entries = _add(store, snapshot, made, entries, enrolled.entry, vector)
         finally:
             if snapshot is not None:
                 snapshot.close()
         _keep_photo(photo, data)
-        _remove_unnamed_photos(gallery, entries)
+        _remove_unnamed_photos(uploads, entries)
     return enrolled
 
 
@@ -126,68 +135,56 @@ def _enrolled_before(entries: list[Entry], source: str, identity: str) -> Enroll
 
 
 def _add(
-    gallery: Path, snapshot: Snapshot | None, made: Provenance, entries: list[Entry], entry: Entry, vector
+    store: Store, snapshot: GalleryState | None, made: Provenance, entries: list[Entry], entry: Entry, vector
 ) -> list[Entry]:
-    """Write the version with `entry` added; returns its entries. The head is extended when it can be."""
+    """Commit the state with `entry` added; returns its entries."""
     vector = vector.numpy().astype(np.float32)[None]
     if snapshot is None:
-        head_name, options = DEFAULT_HEAD, dict(registry().create("head", DEFAULT_HEAD).options)
-        provenance, vectors, skipped, head = made, vector[:0], [], None
+        head, options = head_choice(store, None, None, None)
+        change = Change(made, head, options, keep=[], added=[entry], vectors=vector)
     else:
-        check_models(gallery, snapshot.provenance, made)
-        head_name, options, provenance = snapshot.head_name, snapshot.head_options, snapshot.provenance
-        vectors, skipped, head = np.asarray(snapshot.vectors()), snapshot.skipped(), snapshot.load_head()
-    entries = [*entries, entry]
-    vectors = np.concatenate([vectors, vector])
-    if head is not None and hasattr(head, "add"):
-        head.add(torch.from_numpy(vector), [entry.identity])
-    else:
-        head = store.fit_head(head_name, options, vectors, [e.identity for e in entries])
-    store.write(gallery, Contents(provenance, head_name, options, entries, vectors, skipped), head)
-    return entries
+        check_models(store.location, snapshot.provenance, made)
+        change = replace(unchanged(snapshot), added=[entry], vectors=vector)
+    store.commit(snapshot, change)
+    return [*entries, entry]
 
 
-def delete(gallery: Path, identity: str, face: str | None = None) -> None:
+def delete(store: Store, identity: str, face: str | None = None) -> None:
     """Delete face `face` of `identity`, or (None) every face of it; ServiceError 404 when not there."""
 
     def gone(entry: Entry) -> bool:
         return entry.identity == identity and face in (None, face_id(entry))
 
-    with _writing(gallery):
-        snapshot = store.read(gallery)
+    uploads = uploads_folder(store)
+    with _writing(store):
+        snapshot = store.read()
         if snapshot is None:
             raise _not_found(identity, face)
         try:
-            entries = _remove(gallery, snapshot, gone)
+            entries = _remove(store, uploads, snapshot, gone)
         finally:
             snapshot.close()
         if entries is None:
             raise _not_found(identity, face)
-        _remove_unnamed_photos(gallery, entries)
+        _remove_unnamed_photos(uploads, entries)
 
 
-def _remove(gallery: Path, snapshot: Snapshot, gone: Callable[[Entry], bool]) -> list[Entry] | None:
-    """Write the version without the entries `gone` selects; its entries, or None if none was selected."""
+def _remove(
+    store: Store, uploads: Path, snapshot: GalleryState, gone: Callable[[Entry], bool]
+) -> list[Entry] | None:
+    """Commit the state without the entries `gone` selects; its entries, or None if none was selected."""
     entries = snapshot.entries()
     kept = [row for row, entry in enumerate(entries) if not gone(entry)]
     if len(kept) == len(entries):
         return None
-    uploads = (Path(gallery) / UPLOADS).absolute()
-    removed = [entry for entry in entries if gone(entry)]
     remembered = [
         Skipped(entry.source, entry.sha256, DELETED)
-        for entry in removed
-        if not Path(entry.source).is_relative_to(uploads)
+        for entry in entries
+        if gone(entry) and not Path(entry.source).is_relative_to(uploads)
     ]
-    entries = [entries[row] for row in kept]
-    vectors = np.asarray(snapshot.vectors())[kept]
-    head = store.fit_head(snapshot.head_name, snapshot.head_options, vectors, [e.identity for e in entries])
     skipped = [s for s in snapshot.skipped() if s.source not in {r.source for r in remembered}] + remembered
-    contents = Contents(
-        snapshot.provenance, snapshot.head_name, snapshot.head_options, entries, vectors, skipped
-    )
-    store.write(gallery, contents, head)
-    return entries
+    store.commit(snapshot, replace(unchanged(snapshot), keep=kept, skipped=skipped))
+    return [entries[row] for row in kept]
 
 
 def _not_found(identity: str, face: str | None) -> ServiceError:
@@ -195,21 +192,19 @@ def _not_found(identity: str, face: str | None) -> ServiceError:
     return ServiceError(404, f"{what} in this gallery")
 
 
-def _writing(gallery: Path) -> contextlib.ExitStack:
+def _writing(store: Store) -> contextlib.ExitStack:
     """Hold the gallery's write lock, waiting up to LOCK_WAIT seconds for another process's write."""
     deadline = time.monotonic() + LOCK_WAIT
     while True:
         stack = contextlib.ExitStack()
         try:
-            stack.enter_context(store.locked(gallery))
+            stack.enter_context(store.locked())
             return stack
-        except FacerecError as error:
-            if BUSY not in str(error):
-                raise
+        except GalleryBusy:
             if time.monotonic() > deadline:
                 raise ServiceError(
                     503,
-                    f"{gallery}: another process has been writing the gallery for {LOCK_WAIT:.0f} s; "
+                    f"{store.location}: another process has been writing the gallery for {LOCK_WAIT:.0f} s; "
                     "try again later",
                     {"Retry-After": "5"},
                 ) from None
@@ -220,7 +215,7 @@ def _keep_photo(photo: Path, data: bytes) -> None:
     """Store the enrolled photo durably (written to a temporary file, fsync'd, renamed) unless it is there."""
     if photo.is_file() and photo.stat().st_size == len(data):
         return
-    photo.parent.mkdir(exist_ok=True)
+    photo.parent.mkdir(parents=True, exist_ok=True)
 
     def write(out) -> None:
         out.write(data)
@@ -235,9 +230,8 @@ def _keep_photo(photo: Path, data: bytes) -> None:
         os.close(folder)
 
 
-def _remove_unnamed_photos(gallery: Path, entries: list[Entry]) -> None:
+def _remove_unnamed_photos(uploads: Path, entries: list[Entry]) -> None:
     """Delete the stored photos (and leftovers of killed writes) that no entry names any more."""
-    uploads = (Path(gallery) / UPLOADS).absolute()
     if not uploads.is_dir():
         return
     named = {Path(entry.source).name for entry in entries}  # photos are named by content: no clash

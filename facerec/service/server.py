@@ -12,11 +12,11 @@ import socket
 import sys
 from pathlib import Path
 
-from facerec import gallery as store
 from facerec.errors import UsageError
 from facerec.provenance import ModelRequest, open_pipeline
 from facerec.service.app import Service, Settings, create_app
 from facerec.service.models import Models, warm_up
+from facerec.stores import open_store
 
 BACKLOG = 512
 
@@ -26,7 +26,7 @@ def open_service(
 ) -> Service:
     """The gallery's models (for a gallery not written yet, those `request` names), loaded once; the
     batching and CPU pool settings are facerec.service.models.Models's."""
-    snapshot = store.read(settings.gallery)
+    snapshot = open_store(settings.gallery).read()
     try:
         recorded = snapshot.provenance if snapshot else None
     finally:

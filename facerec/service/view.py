@@ -2,9 +2,9 @@
 replaced when another version becomes current.
 
 Any writer may make a new version: this server's enrollments, another `facerec serve` on the same
-gallery, a `facerec index` run. Before each request the server reads CURRENT (one short file); when it
-names another version than the one in memory, that version is read and checked (facerec.gallery.read)
-and replaces it. Nothing of a version is read lazily afterwards: a writer deletes versions older than
+gallery, a `facerec index` run. Before each request the server asks the store for the current version's
+name (for a folder gallery, CURRENT: one short file); when it names another version than the one in
+memory, that version is read and checked and replaces it. Nothing of a version is read lazily afterwards: a writer deletes versions older than
 the one before the current, and a view must not depend on files that may go.
 
 Faces are named by `face_id`, derived from the entry's source (unique in a gallery), so the same face
@@ -16,16 +16,14 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facerec import gallery as store
 from facerec.errors import FacerecError
-from facerec.gallery import Entry
 from facerec.provenance import Provenance
+from facerec.stores import Entry
 
 if TYPE_CHECKING:
-    from facerec.parts import Head
+    from facerec.parts import Head, Store
 
 FACE_ID_LENGTH = 16  # hex digits of the SHA-256 of the source: 64 bits, no collision in any gallery
 
@@ -67,8 +65,8 @@ class ServedGallery:
     """The gallery at `path`, as of the last request; `made` is the provenance of the loaded models,
     which every version must share (vectors of other models cannot be compared with theirs)."""
 
-    def __init__(self, path: Path, made: Provenance) -> None:
-        self.path = Path(path)
+    def __init__(self, store: Store, made: Provenance) -> None:
+        self.store = store
         self.made = made
         self._view = View()
         self._lock = threading.Lock()
@@ -87,17 +85,14 @@ class ServedGallery:
         return name is not None and name == self._view.version
 
     def _current_name(self) -> str | None:
-        try:
-            return (self.path / store.CURRENT_FILE).read_text("ascii", "replace").strip()
-        except FileNotFoundError:
-            return None
+        return self.store.current()
 
     def _load(self) -> View:
-        snapshot = store.read(self.path)
+        snapshot = self.store.read()
         if snapshot is None:
             return View()
         try:
-            check_models(self.path, snapshot.provenance, self.made)
+            check_models(self.store.location, snapshot.provenance, self.made)
             faces: dict[str, list[Entry]] = {}
             for entry in snapshot.entries():
                 faces.setdefault(entry.identity, []).append(entry)
@@ -106,10 +101,10 @@ class ServedGallery:
             snapshot.close()
 
 
-def check_models(path: Path, recorded: Provenance, made: Provenance) -> None:
+def check_models(location: str, recorded: Provenance, made: Provenance) -> None:
     """Refuse a gallery version made by other models than the server's (it was rebuilt meanwhile)."""
     if not recorded.same_vectors(made):
         raise FacerecError(
-            f"{path}: the gallery is now made with {recorded.describe()}, not the models this server "
+            f"{location}: the gallery is now made with {recorded.describe()}, not the models this server "
             f"loaded ({made.describe()}); restart facerec serve"
         )

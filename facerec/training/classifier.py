@@ -15,18 +15,22 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from facerec import gallery as store
 from facerec.enroll import index_folder
 from facerec.errors import FacerecError, UsageError
 from facerec.provenance import ModelRequest
 from facerec.registry import registry
+from facerec.stores import open_store, unchanged
 from facerec.training.runfiles import RunFolder
+
+if TYPE_CHECKING:
+    from facerec.parts import Store
 
 CHECKPOINT_FORMAT = 1
 EpochCallback = Callable[[int, float, dict[str, Any]], None]
@@ -54,7 +58,7 @@ class ResumableHead(Protocol):
 
 
 def train_head(
-    gallery: Path,
+    gallery: str | Path,
     folder: Path,
     head: str,
     head_options: dict[str, Any],
@@ -77,8 +81,11 @@ def train_head(
         raise UsageError(
             f"head '{head}' cannot be trained epoch by epoch; `facerec index --head {head}` fits it"
         )
-    index_folder(gallery, folder, ModelRequest(device=device, **(models or {})), note=report)
-    snapshot = store.read(gallery)
+    store = open_store(gallery)
+    if not store.fits_heads:
+        raise UsageError(f"--gallery {store.location}: searches by itself; train a head on a folder gallery")
+    index_folder(store, folder, ModelRequest(device=device, **(models or {})), note=report)
+    snapshot = store.read()
     version = snapshot.version
     try:
         vectors = torch.from_numpy(np.array(snapshot.vectors(), dtype=np.float32))
@@ -112,7 +119,7 @@ def train_head(
         echo(f"epoch {epoch}/{fitted.options['epochs']}  loss {loss:.4f}")
 
     fitted.fit_epochs(vectors, labels, checkpoint["state"] if checkpoint else None, on_epoch)
-    _store_head(gallery, version, head, fitted)
+    _store_head(store, version, head, fitted)
     return records
 
 
@@ -147,21 +154,16 @@ def _resumed_options(recorded: dict[str, Any], given: dict[str, Any], run: RunFo
     return {**recorded, **given}
 
 
-def _store_head(gallery: Path, version: str, name: str, head: Any) -> None:
+def _store_head(store: Store, version: str, name: str, head: Any) -> None:
     """A new gallery version: the same entries and vectors, with the fitted head."""
-    with store.locked(gallery):
-        snapshot = store.read(gallery)
+    with store.locked():
+        snapshot = store.read()
         try:
             if snapshot.version != version:
-                raise FacerecError(f"{gallery}: changed while the head was training; run again")
-            contents = store.Contents(
-                provenance=snapshot.provenance,
-                head=name,
-                head_options=dict(head.options),
-                entries=snapshot.entries(),
-                vectors=np.array(snapshot.vectors(), dtype=np.float32),
-                skipped=snapshot.skipped(),
+                raise FacerecError(f"{store.location}: changed while the head was training; run again")
+            change = replace(
+                unchanged(snapshot), head=name, head_options=dict(head.options), fitted_head=head
             )
+            store.commit(snapshot, change)
         finally:
             snapshot.close()
-        store.write(gallery, contents, head)
