@@ -173,14 +173,21 @@ def main() -> None:
 
 
 def spread_rows(folder: str, temp: Path, weights: Path, env: dict) -> list[tuple[str, dict]]:
-    """A first `facerec index` of the folder in one process, then spread over two with torchrun (each
-    process one thread, torchrun's default: the two cores are shared out, not oversubscribed)."""
+    """A first `facerec index` of the folder in one process (torch's threads, then one thread), then
+    spread over two processes with torchrun (one thread each, torchrun's default: the cores are shared
+    out, not oversubscribed). One process on one thread against two is the scaling a second machine
+    gives; on one machine's cores, one process already uses them all."""
     args = ["-m", "facerec", "index", folder, "--weights", str(weights), "--gallery"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    one_thread = {**env, "OMP_NUM_THREADS": "1"}
     return [
         ("`facerec index` CLI, 1 process: first run", run([sys.executable, *args, str(temp / "g1")], env)),
         (
-            "`torchrun --nproc-per-node 2 -m facerec index`: first run",
+            "`facerec index` CLI, 1 process, 1 thread: first run",
+            run([sys.executable, *args, str(temp / "g3")], one_thread),
+        ),
+        (
+            "`torchrun --nproc-per-node 2 -m facerec index` (1 thread each): first run",
             run([*torchrun, *args, str(temp / "g2")], env),
         ),
     ]

@@ -65,6 +65,7 @@ STATE, LEASE, SKIPPED = "state", "lease", "skipped/"
 BATCH = 1000  # rows a call: 1000 x 512 floats is 2 MB, far under gRPC's 64 MB message limit
 MAX_LIMIT = 16384  # Milvus's cap on a search's limit
 MIN_EF = 64
+LITE_SCAN_VALUES = 2**26  # float32 values of (queries x rows x dim) one Milvus Lite search may scan: 256 MB
 INDEX = {"index_type": "HNSW", "metric_type": "L2", "params": {"M": 32, "efConstruction": 200}}
 CONNECT_TIMEOUT_S = 10.0
 LEASE_S = 60.0  # a lease not renewed for this long is another writer's to take
@@ -464,7 +465,7 @@ class MilvusState:
         return matrix.reshape(len(ids), width)
 
     def load_head(self) -> MilvusSearch:
-        return MilvusSearch(self.store, self.generation)
+        return MilvusSearch(self.store, self.generation, self._count * self.provenance.embedding_size)
 
     def close(self) -> None:
         """Nothing to release: the client stays with the store (a head searches through it)."""
@@ -475,9 +476,12 @@ class MilvusSearch:
 
     default_threshold = None  # a distance between embeddings: the weights' own (the provenance)
 
-    def __init__(self, store: MilvusStore, generation: int) -> None:
+    def __init__(self, store: MilvusStore, generation: int, values: int) -> None:
         self.store, self.location = store, store.location
         self.condition = visible(generation)
+        # Milvus Lite scans segments it has not indexed yet with one (queries x rows x dim) array: 200
+        # queries over 30k faces took 12 GB. A server is asked for every query at once.
+        self.per_call = max(1, LITE_SCAN_VALUES // max(values, 1)) if store.lite is not None else None
 
     @_milvus_errors
     def search(self, queries, k: int) -> list[list[tuple[str, float]]]:
@@ -485,7 +489,12 @@ class MilvusSearch:
         if k < 1 or not len(matrix):
             return [[] for _ in range(len(matrix))]
         limit = min(MAX_LIMIT, 4 * k)
-        first = self._nearest(matrix, limit, self.condition)
+        step = self.per_call or len(matrix)
+        first = [
+            hits
+            for start in range(0, len(matrix), step)
+            for hits in self._nearest(matrix[start : start + step], limit, self.condition)
+        ]
         return [self._distinct(matrix[row], hits, k, limit) for row, hits in enumerate(first)]
 
     def _distinct(self, query: np.ndarray, hits: list, k: int, limit: int) -> list[tuple[str, float]]:
