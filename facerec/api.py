@@ -48,7 +48,8 @@ class Gallery:
         """Enroll `folder/<identity>/<image>`; only new or changed images are embedded.
 
         `models` are ModelRequest fields (backbone, pretrained, weights, detector, detector_options,
-        margin, align); by default the gallery's own, or inception-resnet/vggface2/mtcnn for a new one.
+        aligner, aligner_options, precision, calibration); by default the gallery's own, or
+        inception-resnet/vggface2/mtcnn at fp32 for a new one.
         `note` receives one line per image that was skipped or had several faces.
         """
         request = ModelRequest(device=self.device, **models)
