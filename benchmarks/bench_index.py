@@ -31,6 +31,8 @@ import time
 from itertools import product
 from pathlib import Path
 
+from bench_embed import mtcnn_home
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FACES = SHARED / "faces"
@@ -144,11 +146,7 @@ def main() -> None:
             ],
             check=True,
         )
-        checkpoints = temp / "torch-home" / "checkpoints"
-        checkpoints.mkdir(parents=True)
-        for net in ("pnet", "rnet", "onet"):
-            shutil.copyfile(SHARED / "weights" / "mtcnn" / f"{net}.pt", checkpoints / f"{net}.pt")
-        env = {**os.environ, "TORCH_HOME": str(temp / "torch-home"), "FACEREC_MIRROR": "http://127.0.0.1:9"}
+        env = {**os.environ, "TORCH_HOME": str(mtcnn_home(temp)), "FACEREC_MIRROR": "http://127.0.0.1:9"}
         folder, gallery = str(temp / "people"), str(temp / "gallery")
 
         rows = [

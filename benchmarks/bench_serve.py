@@ -37,7 +37,6 @@ import io
 import os
 import re
 import resource
-import shutil
 import socket
 import subprocess
 import sys
@@ -47,7 +46,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_embed import busy_cpu_seconds, wait_for_idle
+from bench_embed import busy_cpu_seconds, mtcnn_home, wait_for_idle
 from fastapi import FastAPI, UploadFile  # at module level: the handler's annotations are read from here
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,11 +255,7 @@ def prepare(
         [sys.executable, SHARED / "tools" / "seeded_weights.py", SHARED / "reference" / "inception_resnet_v1.shapes.json", weights, "--salt", "0"],
         check=True,
     )  # fmt: skip
-    checkpoints = temp / "torch-home" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    for net in ("pnet", "rnet", "onet"):
-        shutil.copyfile(SHARED / "weights" / "mtcnn" / f"{net}.pt", checkpoints / f"{net}.pt")
-    env = {**os.environ, "TORCH_HOME": str(temp / "torch-home"), "FACEREC_MIRROR": "http://127.0.0.1:9"}
+    env = {**os.environ, "TORCH_HOME": str(mtcnn_home(temp)), "FACEREC_MIRROR": "http://127.0.0.1:9"}
     people = temp / "people"
     sources = ALIGNED if detector == "none" else sorted((FACES / "knn" / "train").glob("*/*"))
     queries = ALIGNED if detector == "none" else QUERIES

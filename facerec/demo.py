@@ -44,6 +44,19 @@ def has_identities(folder: Path) -> bool:
     return any(f.is_file() and not f.name.startswith(".") for person in people for f in person.rglob("*"))
 
 
+def fetch_file(relative: str, target: Path, advice: str) -> None:
+    """The demo file `relative` (a key of FILES) at `target`, downloaded and verified unless it is there
+    with its SHA-256; a failed download is one line ending with `advice`, what the caller suggests."""
+    digest = FILES[relative]
+    if target.is_file() and sha256_file(target) == digest:
+        return
+    try:
+        download(BASE_URL + relative, target, digest)
+    except FacerecError as error:
+        failure = str(error).partition("; ")[0]  # the rest of download's message is about weights
+        raise FacerecError(f"{failure}; {advice}") from None
+
+
 def fetch(
     gallery_dir: Path = GALLERY_DIR, photos_dir: Path = PHOTOS_DIR, note: Callable[[str], None] | None = None
 ) -> list[Path]:
@@ -56,23 +69,18 @@ def fetch(
     fill_gallery = not has_identities(gallery_dir)
     if not fill_gallery:
         note(f"{gallery_dir} already holds identity folders: indexing those, not the demo's people")
+    advice = (
+        "the demo downloads its photos and weights: connect to the network, or set "
+        "FACEREC_MIRROR=http://host:port to a mirror serving the same paths, or put your own photos "
+        f"in {gallery_dir}/<person>/ and run `facerec index {gallery_dir} --weights FILE`"
+    )
     photos = []
-    for relative, digest in FILES.items():
+    for relative in FILES:
         split, _, rest = relative.partition("/")
         if split == "train" and not fill_gallery:
             continue
         target = (gallery_dir if split == "train" else photos_dir) / rest
         if split == "test":
             photos.append(target)
-        if target.is_file() and sha256_file(target) == digest:
-            continue
-        try:
-            download(BASE_URL + relative, target, digest)
-        except FacerecError as error:
-            failure = str(error).partition("; ")[0]  # the rest of download's message is about weights
-            raise FacerecError(
-                f"{failure}; the demo downloads its photos and weights: connect to the network, or set "
-                "FACEREC_MIRROR=http://host:port to a mirror serving the same paths, or put your own photos "
-                f"in {gallery_dir}/<person>/ and run `facerec index {gallery_dir} --weights FILE`"
-            ) from None
+        fetch_file(relative, target, advice)
     return sorted(photos)

@@ -70,8 +70,6 @@ def _carried_head(base: Snapshot | None, change: Change) -> Head | None:
     ):
         return None
     removed, added = change.removed(len(base)), change.added
-    if not removed and not added:
-        return base.load_head()
     head = base.load_head()
     if removed and not (hasattr(head, "remove") and head.remove(removed)):
         return None

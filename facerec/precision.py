@@ -41,8 +41,8 @@ from torch import nn
 from facerec.align import standardize_pictures
 from facerec.atomic import write_atomically
 from facerec.errors import FacerecError, UsageError
-from facerec.images import ImageError, load_image
-from facerec.weights import cache_dir, download, sha256_file
+from facerec.images import IMAGE_SUFFIXES, ImageError, load_image
+from facerec.weights import cache_dir
 
 if TYPE_CHECKING:
     from facerec.engine import LoadedBackbone
@@ -55,7 +55,6 @@ SCHEME = "fx-x86-static/act-u8-minmax-per-tensor/w-s7-symmetric-per-channel/1"
 FORMAT = "facerec-int8/1"
 CALIBRATION_PHOTOS = 32  # photos read at most; the faces of a few dozen photos fix the ranges
 CALIBRATION_SIDE = 1024  # photos are shrunk to this before detection: faster, the faces stay large
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 FaceSource = Callable[[], torch.Tensor]  # standardized calibration faces (N, 3, S, S)
 
@@ -254,29 +253,23 @@ def _photos_in(folder: Path) -> list[Path]:
     return sorted(
         path
         for path in folder.rglob("*")
-        if path.suffix.lower() in PHOTO_SUFFIXES and path.is_file() and not path.name.startswith(".")
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not path.name.startswith(".")
     )
 
 
 def public_photos() -> Sequence[Path]:
     """The demo set's photos (facerec.demo), downloaded and verified once into the weights cache."""
-    from facerec.demo import BASE_URL, FILES
+    from facerec.demo import FILES, fetch_file
 
     folder = cache_dir() / "facerec-calibration"
-    photos = []
-    for relative, digest in FILES.items():
-        target = folder / relative
-        if not (target.is_file() and sha256_file(target) == digest):
-            try:
-                download(BASE_URL + relative, target, digest)
-            except FacerecError as error:
-                raise FacerecError(
-                    f"{str(error).partition('; ')[0]}; --precision int8 calibrates once on the demo photos "
-                    "when a command has no photos of its own: connect to the network, set FACEREC_MIRROR, "
-                    "or run `facerec index DIR --precision int8` first (it calibrates on DIR)"
-                ) from None
-        photos.append(target)
-    return photos
+    advice = (
+        "--precision int8 calibrates once on the demo photos when a command has no photos of its own: "
+        "connect to the network, set FACEREC_MIRROR, or run `facerec index DIR --precision int8` first "
+        "(it calibrates on DIR)"
+    )
+    for relative in FILES:
+        fetch_file(relative, folder / relative, advice)
+    return [folder / relative for relative in FILES]
 
 
 def stderr_note(message: str) -> None:

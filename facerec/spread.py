@@ -54,8 +54,9 @@ class Team:
         data = json.dumps(message).encode() if self.leader else b""
         size = torch.tensor([len(data)], dtype=torch.int64)
         dist.broadcast(size, 0)
-        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.leader else None
-        if buffer is None:
+        if self.leader:
+            buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        else:
             buffer = torch.empty(int(size), dtype=torch.uint8)
         dist.broadcast(buffer, 0)
         return json.loads(buffer.numpy().tobytes())

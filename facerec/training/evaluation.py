@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from facerec.errors import FacerecError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # in lookup order
+from facerec.images import IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)
