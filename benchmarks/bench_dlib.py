@@ -113,9 +113,9 @@ def face_recognition_side() -> Side:
 
 
 def facerec_side() -> Side:
-    from facerec.align import standardize_pictures
-    from facerec.engine import batched, build_pipeline, create_detector
-    from facerec.faces import Face
+    from facerec.contract.faces import Face
+    from facerec.pipeline.engine import batched, build_pipeline, create_detector
+    from facerec.pipeline.standardize import standardize_pictures
 
     pipeline = build_pipeline(detector="none", backbone="dlib-resnet", device="cpu")
     detector = create_detector("dlib-cnn", {"upsample": UPSAMPLE})
@@ -410,7 +410,7 @@ def labelled_faces(inputs: dict) -> list[tuple[int, str]]:
 
 
 def verification_table(best: dict, inputs: dict) -> str:
-    from facerec.registry import registry
+    from facerec.contract.registry import registry
 
     threshold = registry().create("backbone", "dlib-resnet").thresholds["dlib-v1"]
     faces = labelled_faces(inputs)

@@ -11,8 +11,8 @@ times its own embedding loop (wall and CPU time). Two pairs, each on the four al
     It is installed into this environment for the benchmark only (`pip install --no-deps`: its pins are
     stale);
   - facerec: `registry().create("backbone", "inception-resnet")`, `build(state_dict)`, `for_inference`,
-    faces standardized by `facerec.align.standardize_pictures` with the backbone's recipe;
-- each facerec side again at `--precision int8` (facerec.precision: static int8, calibrated once on the
+    faces standardized by `facerec.pipeline.standardize.standardize_pictures` with the backbone's recipe;
+- each facerec side again at `--precision int8` (facerec.pipeline.precision: static int8, calibrated once on the
   photos of ../shared/faces/knn/train, not on the faces timed, then loaded from its cache as every later
   run loads it; the untimed first run's time is printed as the calibration's), with the cosine of its
   embeddings to facerec's FP32 ones on the same faces;
@@ -20,7 +20,7 @@ times its own embedding loop (wall and CPU time). Two pairs, each on the four al
   face_recognition_models on both sides (the speed does not depend on the pictures):
   - dlib: `face_recognition_model_v1(...).compute_face_descriptor(chips)`, as face_recognition loads it;
     its descriptors are scaled to unit length to compare them with facerec's;
-  - facerec: `facerec.engine.load_backbone("dlib-resnet")` (weights `dlib-v1`) and its inference form.
+  - facerec: `facerec.pipeline.engine.load_backbone("dlib-resnet")` (weights `dlib-v1`) and its inference form.
 
 Rounds alternate the two sides of a pair and the best round of each counts: the machine may be shared,
 so each round waits (up to `--wait` seconds) for the CPUs to go idle and reports how many cores other
@@ -128,9 +128,9 @@ def facenet_pytorch_side(weights: Path | None, count: int):
 def facerec_side(weights: Path | None, count: int):
     import torch
 
-    from facerec.align import standardize_pictures
-    from facerec.registry import registry
-    from facerec.weights import load_state_dict
+    from facerec.contract.registry import registry
+    from facerec.pipeline.standardize import standardize_pictures
+    from facerec.pipeline.weights import load_state_dict
 
     backbone = registry().create("backbone", "inception-resnet")
     network = backbone.for_inference(backbone.build(load_state_dict(weights)))
@@ -160,8 +160,8 @@ def facerec_dlib_side(weights: Path | None, count: int):
     """facerec's dlib-resnet with its default weights, dlib-v1: the same file as dlib's (no `weights`)."""
     import torch
 
-    from facerec.align import standardize_pictures
-    from facerec.engine import load_backbone
+    from facerec.pipeline.engine import load_backbone
+    from facerec.pipeline.standardize import standardize_pictures
 
     backbone = load_backbone("dlib-resnet")
     recipe = backbone.plugin.recipe
@@ -181,9 +181,9 @@ def int8_side(model: str, size: int):
     def side(weights: Path | None, count: int):
         import torch
 
-        from facerec.align import standardize_pictures
-        from facerec.engine import create_aligner, create_detector, load_backbone
-        from facerec.precision import calibration_faces
+        from facerec.pipeline.engine import create_aligner, create_detector, load_backbone
+        from facerec.pipeline.precision import calibration_faces
+        from facerec.pipeline.standardize import standardize_pictures
 
         backbone = load_backbone(model, weights=weights, precision="int8")
         recipe = backbone.plugin.recipe

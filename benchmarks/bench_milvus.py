@@ -32,10 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import GEOMETRIES, exact_nearest, face_like_gallery, latencies_ms, rss_mb
 
-from facerec.provenance import Provenance
-from facerec.stores import Change, Entry
-from facerec_plugins.faiss_head import FaissHead
-from facerec_plugins.milvus_store import MilvusStore
+from facerec.gallery.provenance import Provenance
+from facerec.gallery.records import Change, Entry
+from facerec_plugins.heads.faiss import FaissHead
+from facerec_plugins.stores.milvus import MilvusStore
 
 PROVENANCE = Provenance("inception-resnet", None, None, None, "mtcnn", embedding_size=512, threshold=1.0)
 

@@ -57,8 +57,8 @@ import faiss
 import numpy as np
 import torch
 
-from facerec.weights import sha256_file
-from facerec_plugins.faiss_head import FaissHead
+from facerec.pipeline.weights import sha256_file
+from facerec_plugins.heads.faiss import FaissHead
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_embed import busy_cpu_seconds, wait_for_idle

@@ -14,11 +14,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from facerec.enroll import IndexReport, Note, index_folder, repair_gallery
-from facerec.identify import DEFAULT_TOP_K, Identification, IdentifiedImage, Identifier, check_threshold
-from facerec.images import ImageError
-from facerec.provenance import ModelRequest
-from facerec.stores import open_store
+from facerec import defaults
+from facerec.gallery.enroll import IndexReport, Note, index_folder, repair_gallery
+from facerec.gallery.identify import Identification, IdentifiedImage, Identifier, check_threshold
+from facerec.gallery.models import ModelRequest
+from facerec.gallery.stores import open_store
+from facerec.pipeline.images import ImageError
 
 
 class Gallery:
@@ -62,7 +63,7 @@ class Gallery:
         return repair_gallery(self.store, ModelRequest(device=self.device), note)
 
     def identify(
-        self, image: str | os.PathLike, *, threshold: float | None = None, top_k: int = DEFAULT_TOP_K
+        self, image: str | os.PathLike, *, threshold: float | None = None, top_k: int = defaults.TOP_K
     ) -> list[Identification]:
         """The faces of `image`, largest first; ImageError when the image cannot be used."""
         (result,) = self.identify_all([image], threshold=threshold, top_k=top_k)
@@ -75,7 +76,7 @@ class Gallery:
         images: Iterable[str | os.PathLike],
         *,
         threshold: float | None = None,
-        top_k: int = DEFAULT_TOP_K,
+        top_k: int = defaults.TOP_K,
         **models: Any,
     ) -> Iterator[IdentifiedImage]:
         """Results image by image (errors included, the stream goes on), as `facerec identify` prints them.

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from facerec.errors import FacerecError
-from facerec.weights import download, sha256_file
+from facerec.pipeline.weights import download, sha256_file
 
 BASE_URL = "https://github.com/ageitgey/face_recognition/raw/master/examples/knn_examples/"
 GALLERY_DIR = Path("datasets/custom_images")

@@ -9,7 +9,7 @@ if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else
-    echo "scripts/test.sh: /usr/bin/chromium is missing (sudo apt-get install chromium); tests/test_serve_browser.py needs it" >&2
+    echo "scripts/test.sh: /usr/bin/chromium is missing (sudo apt-get install chromium); tests/service/test_serve_browser.py needs it" >&2
   fi
 fi
 .venv/bin/ruff check .

@@ -13,9 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-import facerec
-from facerec.parts import InputRecipe
-from facerec.weights import WeightFile
+from facerec.plugin import InputRecipe, WeightFile, hookimpl
 
 
 class TinyNet(nn.Module):
@@ -40,7 +38,7 @@ class TinyNet(nn.Module):
 
 
 class TinyBackbone:
-    """What facerec needs to know about the network (see facerec.parts.Backbone)."""
+    """What facerec needs to know about the network (see facerec.contract.parts.Backbone)."""
 
     # How a detected face becomes this network's input: facerec's `box` aligner cuts the box with 8
     # pixels of margin at 64x64; the core then orders channels BGR and standardizes each with its own
@@ -77,12 +75,12 @@ class TinyBackbone:
         return module.eval()
 
 
-@facerec.hookimpl
+@hookimpl
 def register_backbones(register):
     register("tiny", TinyBackbone)
 
 
-@facerec.hookimpl
+@hookimpl
 def register_commands(cli):
     @cli.command(name="tiny-info")
     def tiny_info():

@@ -46,7 +46,7 @@ class LazyGroup(click.Group):
 
     def add_plugin_commands(self) -> None:
         if not self.plugins_loaded:
-            from facerec.registry import add_plugin_commands
+            from facerec.contract.registry import add_plugin_commands
 
             self.plugins_loaded = True
             add_plugin_commands(self)
@@ -118,7 +118,7 @@ def make_pipeline(params: dict[str, Any], embed: bool) -> Any:
     facerec.cli.options); the detector and aligner are built first, so a bad option is reported before
     any weights are downloaded."""
     from facerec.cli.options import pipeline_arguments
-    from facerec.engine import build_pipeline
+    from facerec.pipeline.engine import build_pipeline
 
     return build_pipeline(embed=embed, **pipeline_arguments(params))
 

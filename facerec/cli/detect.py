@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
+from facerec import defaults
 from facerec.cli import each_result, echo_json, make_pipeline
 from facerec.cli.options import aligner_options, detector_options
-from facerec.engine import ImageResult
+from facerec.contract.faces import Face
 from facerec.errors import FacerecError
-from facerec.faces import Face
+from facerec.pipeline.engine import ImageResult
 
 
 @click.command(name="detect")
@@ -20,7 +21,7 @@ from facerec.faces import Face
 @aligner_options
 @click.option(
     "--backbone",
-    default="inception-resnet",
+    default=defaults.BACKBONE,
     show_default=True,
     help="The backbone whose input recipe (size, aligner) makes the --save-crops pictures.",
 )

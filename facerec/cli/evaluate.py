@@ -58,7 +58,7 @@ def command(ctx, data, pairs, impostors, folds, far, seed, out, face_cache, as_j
     protocol) and TAR at --far. Identification (folders only): the first image of each identity is its
     gallery entry, the others are probes; rank-1 accuracy.
     """
-    from facerec.engine import build_pipeline
+    from facerec.pipeline.engine import build_pipeline
     from facerec.training.assess import evaluate_folder, evaluate_pairs, write_results
     from facerec.training.facecache import FaceCache, default_root
 

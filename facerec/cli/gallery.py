@@ -26,7 +26,7 @@ def command(gallery, as_json, repair):
     Every file of the gallery is checked as it opens; a damaged gallery is named in one line (exit
     status 1), and `--repair` (or the next `facerec index`) rebuilds it.
     """
-    from facerec.stores import open_store
+    from facerec.gallery.stores import open_store
 
     if repair:
         click.echo(repaired(gallery))

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from facerec import defaults
 from facerec.cli import echo_json, warn
 from facerec.cli.options import (
     aligner_options,
@@ -17,7 +18,7 @@ from facerec.cli.options import (
     gallery_option,
     precision_option,
 )
-from facerec.identify import DEFAULT_TOP_K, IdentifiedImage
+from facerec.gallery.identify import IdentifiedImage
 
 UNKNOWN = "unknown"
 
@@ -34,7 +35,7 @@ UNKNOWN = "unknown"
     "at least 0.5).",
 )
 @click.option(
-    "--top-k", type=click.IntRange(min=1), default=DEFAULT_TOP_K, show_default=True, help="Candidates."
+    "--top-k", type=click.IntRange(min=1), default=defaults.TOP_K, show_default=True, help="Candidates."
 )
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per image.")
 @click.option(
@@ -65,7 +66,7 @@ def command(ctx, images, gallery, threshold, top_k, as_json, annotate, device, *
 
 def show(results, images, identities: dict[str, int], as_json: bool, annotate: Path | None) -> int:
     """Print results as they come (JSON Lines or a table), draw them when asked; returns the failures."""
-    from facerec.annotate import AnnotatedFolder
+    from facerec.gallery.annotate import AnnotatedFolder
 
     table = None if as_json else Table(images, identities)
     pictures = AnnotatedFolder(annotate) if annotate else None

@@ -12,6 +12,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from facerec import defaults
 from facerec.errors import UsageError
 
 MODEL_PARAMETERS = ("backbone", "pretrained", "weights", "detector", "detector_options", "precision")
@@ -28,7 +29,7 @@ def _stacked(*options: Callable) -> Callable:
 
 
 backbone_options = _stacked(
-    click.option("--backbone", default="inception-resnet", show_default=True, help="Registered backbone."),
+    click.option("--backbone", default=defaults.BACKBONE, show_default=True, help="Registered backbone."),
     click.option(
         "--pretrained",
         help="Named pretrained weights of the backbone (inception-resnet: vggface2, casia-webface; "
@@ -45,14 +46,20 @@ backbone_options = _stacked(
 precision_option = click.option(
     "--precision",
     type=click.Choice(["fp32", "int8"]),
-    default="fp32",
+    default=defaults.PRECISION,
     show_default=True,
     help="The backbone's arithmetic. int8: quantized, faster on CPUs, embeddings within cosine 0.999 of "
-    "fp32; calibrated once on real faces and cached (facerec.precision). A gallery keeps its own.",
+    "fp32; calibrated once on real faces and cached (facerec.pipeline.precision). A gallery keeps its own.",
 )
 
 detector_options = _stacked(
-    click.option("--detector", default="mtcnn", show_default=True, help="Registered detector."),
+    click.option(
+        "--detector",
+        default=defaults.DETECTOR,
+        show_default=True,
+        help="Registered detector. none: each image is already an aligned face, used as it is (resized to "
+        "the backbone's input size, no aligner).",
+    ),
     click.option(
         "-D",
         "--detector-option",
@@ -101,8 +108,8 @@ def out_option(default: Path, help: str) -> Callable:
 
 gallery_option = click.option(
     "--gallery",
-    envvar="FACEREC_GALLERY",
-    default=".facerec/gallery",
+    envvar=defaults.GALLERY_VARIABLE,
+    default=str(defaults.GALLERY),
     show_default=True,
     help="The gallery: a folder, or a store URI such as milvus:faces.db or "
     "milvus:http://HOST:19530#COLLECTION (also FACEREC_GALLERY).",
@@ -151,7 +158,7 @@ def aligner_choice(
 
 
 def pipeline_arguments(params: dict[str, Any]) -> dict[str, Any]:
-    """facerec.engine.build_pipeline's arguments from a command's model, detector and aligner options."""
+    """facerec.pipeline.engine.build_pipeline's arguments from a command's model, detector and aligner options."""
     aligner, options = aligner_choice(
         params.get("aligner"), params.get("aligner_options", ()), params.get("margin"), params.get("align")
     )
@@ -172,7 +179,7 @@ def given(ctx: click.Context, name: str) -> bool:
 
 
 def explicit_models(ctx: click.Context) -> dict[str, Any]:
-    """The model options the user actually gave, as facerec.provenance.ModelRequest's fields.
+    """The model options the user actually gave, as facerec.gallery.models.ModelRequest's fields.
 
     A gallery fixes the models that made its vectors, so the shared options' defaults must not count
     as a request for other models: what is not given comes from the gallery's record.

@@ -11,7 +11,7 @@ from facerec.cli import echo_json
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per plugin.")
 def command(as_json: bool) -> None:
     """List installed plugins (built-in ones included) and the parts each registers."""
-    from facerec.registry import registry
+    from facerec.contract.registry import registry
 
     for info in sorted(registry().plugins.values(), key=lambda info: info.name):
         if as_json:

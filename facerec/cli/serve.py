@@ -95,7 +95,7 @@ def command(
     check_host(host, bool(keys))
     upload_limit = parse_size(max_upload, "--max-upload")
 
-    from facerec.provenance import ModelRequest  # the heavy imports, once the options are known good
+    from facerec.gallery.models import ModelRequest  # the heavy imports, once the options are known good
     from facerec.service.app import Settings
     from facerec.service.server import bind, open_service, run
 

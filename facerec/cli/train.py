@@ -1,4 +1,4 @@
-"""`facerec train`: fine-tune the backbone with triplets (`--check`: verify the pipeline in one step), or
+"""`facerec train`: fine-tune the backbone with triplets (`--dry-run`: verify the pipeline in one step), or
 train a gallery's head on frozen embeddings (`--head classifier`, the seed's classification module).
 """
 
@@ -77,7 +77,9 @@ OPTION_OF = {"miner_options": "miner_option", "loss_options": "loss_option"}
 @seed_option("Seed of every random choice of the run.")
 @out_option(DEFAULT_RUN, "Run folder: metrics.jsonl, backbone.pt, checkpoint.pt, loss.png.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out at its next epoch, up to --epochs.")
-@click.option("--check", is_flag=True, help="Run one step on one batch, verify data and loss, write nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Run one step on one batch, verify data and loss, write nothing."
+)
 @click.option(
     "--head",
     help="Train this gallery head (classifier) on frozen embeddings instead of fine-tuning the backbone; "
@@ -86,7 +88,7 @@ OPTION_OF = {"miner_options": "miner_option", "loss_options": "loss_option"}
 @gallery_option
 @face_cache_option
 @click.pass_context
-def command(ctx, data, out, resume, check, head, gallery, face_cache, device, **options):
+def command(ctx, data, out, resume, dry_run, head, gallery, face_cache, device, **options):
     """Fine-tune the backbone on DATA/<identity>/<image> with triplets.
 
     The dict miner (the seed's) draws each anchor's positive and negative from the whole dataset; the
@@ -97,25 +99,25 @@ def command(ctx, data, out, resume, check, head, gallery, face_cache, device, **
     if any(given(ctx, name) for name in ALIGNER_PARAMETERS):
         chosen |= {"aligner", "aligner_options"}
     if head is not None:
-        train_head_command(ctx, data, out, resume, check, head, gallery, device, chosen)
+        train_head_command(ctx, data, out, resume, dry_run, head, gallery, device, chosen)
         return
     from facerec.training.trainer import check as check_run
     from facerec.training.trainer import train
 
     settings = settings_from(data, options)
-    if check:
+    if dry_run:
         for line in check_run(settings, device, face_cache, warn).lines():
             click.echo(line)
         return
     train(settings, out, resume, device, face_cache, warn, click.echo, chosen - {"epochs"})
 
 
-def train_head_command(ctx, data, out, resume, check, head, gallery, device, given) -> None:
+def train_head_command(ctx, data, out, resume, dry_run, head, gallery, device, given) -> None:
     """`train --head NAME`: the options that mean something for a head, as its options."""
     from facerec.training.classifier import train_head
 
     used = {*HEAD_OPTIONS, *MODEL_PARAMETERS, *ALIGNER_PARAMETERS, "data"}
-    unused = sorted(given - used) + (["check"] if check else [])
+    unused = sorted(given - used) + (["dry_run"] if dry_run else [])
     if unused:
         names = ", ".join("--" + OPTION_OF.get(name, name).replace("_", "-") for name in unused)
         raise UsageError(f"{names}: not used when training a head (--head {head})")

@@ -1,4 +1,4 @@
-"""`facerec serve`: the engine as an HTTP service over one gallery (DESIGN.md, "HTTP service").
+"""`facerec serve`: the engine as an HTTP service over one gallery (docs/serving.md).
 
 - app: the FastAPI application: routes, keys, errors as {"error": "one line"};
 - models: the models loaded once, and the CPU stage of an upload (decode, detect, align);

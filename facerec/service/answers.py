@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from facerec.engine import ImageResult
-from facerec.identify import IdentifiedImage, decide
-from facerec.provenance import Provenance, same_person_distance
+from facerec.gallery.identify import IdentifiedImage, decide
+from facerec.gallery.provenance import Provenance, same_person_distance
+from facerec.pipeline.engine import ImageResult
 from facerec.service.errors import ServiceError
 from facerec.service.view import View
 
@@ -34,7 +34,7 @@ def identify_threshold(view: View, made: Provenance) -> float:
 
 
 def distance_threshold(view: View, made: Provenance) -> float:
-    """The same-person distance between embeddings for the view's gallery (facerec.provenance's rule)."""
+    """The same-person distance between embeddings for the view's gallery (facerec.gallery.provenance's rule)."""
     found = same_person_distance(view.provenance, made)
     if found is None:
         raise ServiceError(400, "the gallery's weights declare no same-person distance; pass threshold")

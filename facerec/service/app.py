@@ -1,4 +1,4 @@
-"""The HTTP API (DESIGN.md, "HTTP service"): the FastAPI application of `facerec serve`.
+"""The HTTP API (docs/serving.md): the FastAPI application of `facerec serve`.
 
 Every answer about an image is the object `facerec detect|embed|identify --json` prints for it, with the
 uploaded file's name as `image`. Every error is {"error": "one line"} with its status: 400 bad image or
@@ -32,16 +32,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from facerec import __version__
+from facerec import __version__, defaults
 from facerec.errors import FacerecError
-from facerec.identify import DEFAULT_TOP_K
+from facerec.gallery.stores import open_store
 from facerec.service import answers, edits
 from facerec.service.auth import Keys, allows
 from facerec.service.errors import ServiceError, error_response
 from facerec.service.limits import Admission, BodyLimit
 from facerec.service.models import Models, Prepared, Upload
 from facerec.service.view import ServedGallery, View, face_json
-from facerec.stores import open_store
 
 STATIC = Path(__file__).parent / "static"
 PAGE_POLICY = (  # the page loads nothing but its own files and talks only to this server
@@ -167,7 +166,7 @@ def _images(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/identify", dependencies=keys, tags=["images"])
     async def identify(
-        image: ImageField, top_k: TopK = DEFAULT_TOP_K, threshold: Threshold = None
+        image: ImageField, top_k: TopK = defaults.TOP_K, threshold: Threshold = None
     ) -> dict[str, Any]:
         """Faces named by the gallery, or null beyond the threshold (as `facerec identify --json`)."""
         with service.admission.admit():

@@ -35,16 +35,16 @@ import numpy as np
 import torch
 
 from facerec.atomic import write_atomically
-from facerec.enroll import head_choice
+from facerec.contract.faces import Face
 from facerec.errors import GalleryBusy
-from facerec.faces import Face
-from facerec.provenance import Provenance
+from facerec.gallery.enroll import head_choice
+from facerec.gallery.provenance import Provenance
+from facerec.gallery.records import Change, Entry, Skipped, now, unchanged
 from facerec.service.errors import ServiceError
 from facerec.service.view import check_models, face_id
-from facerec.stores import Change, Entry, Skipped, now, unchanged
 
 if TYPE_CHECKING:
-    from facerec.parts import GalleryState, Store
+    from facerec.contract.parts import GalleryState, Store
 
 UPLOADS = "uploads"
 LOCK_WAIT = 30.0  # seconds an edit waits for another process's write before answering 503

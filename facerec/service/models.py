@@ -2,7 +2,7 @@
 
 Stage one runs in a small pool of CPU threads, off the event loop: the upload is written to a private
 spool file and goes through the engine's own Pipeline without its backbone, exactly as `facerec detect`
-reads a file (facerec.images.load_image with its guards against bombs and truncated files, the detector,
+reads a file (facerec.pipeline.images.load_image with its guards against bombs and truncated files, the detector,
 the aligner); the aligned faces are standardized by the backbone's recipe. Stage two hands the faces to
 the dynamic batcher (facerec.service.batching), which embeds the faces of concurrent requests in one
 backbone call. The pool is as large as the machine has cores: more threads would only share them.
@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from facerec.align import standardize_pictures
-from facerec.engine import ImageResult, Pipeline
-from facerec.provenance import Provenance
+from facerec.gallery.provenance import Provenance
+from facerec.pipeline.engine import ImageResult, Pipeline
+from facerec.pipeline.standardize import standardize_pictures
 from facerec.service.batching import Batcher
 from facerec.service.errors import ServiceError
 
@@ -120,7 +120,7 @@ def warm_up(pipeline: Pipeline) -> None:
 def image_format(upload: Upload) -> str:
     """The format PIL recognizes in the upload's first bytes; ServiceError 415 when none does.
 
-    Only the header is read here: decoding, with every guard, is facerec.images.load_image's.
+    Only the header is read here: decoding, with every guard, is facerec.pipeline.images.load_image's.
     """
     if not upload.data:
         raise ServiceError(400, f"{upload.name}: the upload is empty")

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 from facerec.errors import UsageError
-from facerec.provenance import ModelRequest, open_pipeline
+from facerec.gallery.models import ModelRequest, open_pipeline
+from facerec.gallery.stores import open_store
 from facerec.service.app import Service, Settings, create_app
 from facerec.service.models import Models, warm_up
-from facerec.stores import open_store
 
 BACKLOG = 512
 

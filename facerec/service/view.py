@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from facerec.errors import FacerecError
-from facerec.provenance import Provenance
-from facerec.stores import Entry
+from facerec.gallery.provenance import Provenance
+from facerec.gallery.records import Entry
 
 if TYPE_CHECKING:
-    from facerec.parts import Head, Store
+    from facerec.contract.parts import Head, Store
 
 FACE_ID_LENGTH = 16  # hex digits of the SHA-256 of the source: 64 bits, no collision in any gallery
 

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 
 from facerec.atomic import write_atomically
-from facerec.engine import LoadedBackbone
-from facerec.enroll import scan
 from facerec.errors import FacerecError
+from facerec.gallery.enroll import scan
+from facerec.pipeline.engine import LoadedBackbone
+from facerec.pipeline.weights import sha256_file
 from facerec.training import evaluation
 from facerec.training.dataset import read_faces
 from facerec.training.facecache import FaceCache
 from facerec.training.plots import roc_curve
-from facerec.weights import sha256_file
 
 METRICS = "metrics.json"
 ROC_PLOT = "roc.png"
@@ -145,7 +145,9 @@ def write_results(out: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     """Write `metrics.json` (without the ROC points) and `roc.png` into `out`; returns what was written."""
     out.mkdir(parents=True, exist_ok=True)
     curve = metrics["verification"].pop("roc")
-    roc_curve(out / ROC_PLOT, curve.far.tolist(), curve.tar.tolist(), curve.auc)
+    at = metrics["verification"]["tar_at_far"]
+    marked = (at["far"], at["tar"])
+    roc_curve(out / ROC_PLOT, curve.far.tolist(), curve.tar.tolist(), curve.auc, marked)
     text = json.dumps(metrics, indent=2, ensure_ascii=False) + "\n"
     write_atomically(out / METRICS, lambda f: f.write(text.encode()))
     return metrics

@@ -22,15 +22,16 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from facerec.enroll import index_folder
+from facerec.contract.registry import registry
 from facerec.errors import FacerecError, UsageError
-from facerec.provenance import ModelRequest
-from facerec.registry import registry
-from facerec.stores import open_store, unchanged
+from facerec.gallery.enroll import index_folder
+from facerec.gallery.models import ModelRequest
+from facerec.gallery.records import unchanged
+from facerec.gallery.stores import open_store
 from facerec.training.runfiles import RunFolder
 
 if TYPE_CHECKING:
-    from facerec.parts import Store
+    from facerec.contract.parts import Store
 
 CHECKPOINT_FORMAT = 1
 EpochCallback = Callable[[int, float, dict[str, Any]], None]

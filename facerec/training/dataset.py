@@ -1,6 +1,6 @@
 """A labelled folder of faces, `DIR/<identity>/<image>`, as the network's input tensors.
 
-The folder is read as `facerec index` reads it (`facerec.enroll.scan`). Images go through the face cache,
+The folder is read as `facerec index` reads it (`facerec.gallery.enroll.scan`). Images go through the face cache,
 so a dataset is detected once; a batch is then only PNG decoding, augmentation and standardization as
 the backbone's recipe says.
 """
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facerec.align import standardize
-from facerec.enroll import scan
-from facerec.parts import InputRecipe
+from facerec.contract.parts import InputRecipe
+from facerec.gallery.enroll import scan
+from facerec.pipeline.standardize import standardize
 from facerec.training.augment import FaceAugment
 from facerec.training.facecache import FaceCache
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from facerec.errors import FacerecError
-from facerec.images import IMAGE_SUFFIXES
+from facerec.pipeline.images import IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)

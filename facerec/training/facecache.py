@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from facerec.atomic import write_atomically
-from facerec.engine import Pipeline
+from facerec.pipeline.engine import Pipeline
 
 
 def default_root() -> Path:

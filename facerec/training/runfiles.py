@@ -1,4 +1,4 @@
-"""The files of a run folder (DESIGN.md, "Training runs"), written atomically and never as pickle.
+"""The files of a run folder (docs/training.md), written atomically and never as pickle.
 
 - `metrics.jsonl`: one JSON object per finished epoch, `{"epoch": N, "loss": X, ...}`, strict JSON (no
   NaN or Infinity: a run whose loss stops being finite stops before logging it);

@@ -25,10 +25,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from facerec.engine import build_pipeline, load_backbone, resolve_device
+from facerec import defaults
+from facerec.contract.parts import Backbone, DatasetMiner, Loss, Miner, Triplets
+from facerec.contract.registry import registry
 from facerec.errors import FacerecError, UsageError
-from facerec.parts import Backbone, DatasetMiner, Loss, Miner, Triplets
-from facerec.registry import registry
+from facerec.pipeline.engine import build_pipeline, load_backbone, resolve_device
 from facerec.training.augment import FaceAugment
 from facerec.training.dataset import FaceDataset
 from facerec.training.distributed import Processes, padded, start, stop
@@ -49,7 +50,7 @@ class TrainSettings:
     """What a run is made of. Recorded in its checkpoint: `--resume` continues with these."""
 
     data: str
-    backbone: str = "inception-resnet"
+    backbone: str = defaults.BACKBONE
     pretrained: str | None = None  # the backbone's default weights
     weights: str | None = None
     miner: str = "dict"
@@ -64,7 +65,7 @@ class TrainSettings:
     freeze: str = NOTHING_FROZEN
     augment: bool = True
     seed: int = 0
-    detector: str = "mtcnn"
+    detector: str = defaults.DETECTOR
     detector_options: dict[str, Any] = field(default_factory=dict)
     aligner: str | None = None  # the backbone's recipe's
     aligner_options: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,23 @@
+"""The defaults, in one place: what facerec uses when a user names nothing.
+
+The CLI's options, the Python API, training and the gallery's provenance all read these, so changing a
+default is one line here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BACKBONE = "inception-resnet"
+DETECTOR = "mtcnn"
+HEAD = "faiss"
+PRECISION = "fp32"
+TOP_K = 3  # candidates `identify` lists per face
+GALLERY = Path(".facerec") / "gallery"  # under the working directory
+GALLERY_VARIABLE = "FACEREC_GALLERY"
+
+
+def gallery_location() -> str:
+    """`FACEREC_GALLERY`, else `.facerec/gallery` under the working directory."""
+    return os.environ.get(GALLERY_VARIABLE) or str(GALLERY)

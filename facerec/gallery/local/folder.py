@@ -1,0 +1,553 @@
+"""The `local` store's format (facerec_plugins/stores/local.py): a gallery in a folder, never half-written,
+checked on every open.
+
+A gallery is a folder:
+
+    GALLERY/
+      CURRENT                  the name of the live version folder, one line
+      LOCK                     held (flock) by the one process writing the gallery
+      v000003-1f2e3d4c/        a complete, never modified version:
+        gallery.sqlite           meta (what made the vectors, which head), entries, skipped images
+        vectors.npy              float32 (N, D) unit embeddings; row i is entry vector_id i
+        head/                    the fitted head's own files (FAISS index, classifier weights)
+        manifest.json            the size and SHA-256 of every other file of the version
+
+A write builds the new version in a `.tmp-*` folder beside the others, fsyncs every file, renames the
+folder to its version name, then replaces CURRENT (write a temporary file, fsync, os.replace, fsync the
+folder). A process killed at any moment therefore leaves CURRENT naming either the old complete version
+or the new complete one; leftovers of a killed write are removed by the next writer. The version before
+the current one is kept, so a reader that has just read CURRENT still finds its files (and a damaged
+current version has an older one to fall back to).
+
+Disks and people damage files all the same. Opening a version checks every file against the manifest:
+sizes always, SHA-256 for files up to HASHED_ON_OPEN bytes (every file with `full`), and the vectors'
+shape against the entries. A damaged gallery is refused with one line saying what is wrong; a writer
+(`recover`) gets the newest version whose entries can be read, with what of it must be rebuilt.
+Galleries written before manifests existed still open: their vectors are checked by shape and size.
+
+Nothing here is pickle: SQLite, .npy read with allow_pickle=False, JSON, and what each head writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import sqlite3
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from facerec.contract.registry import registry
+from facerec.errors import FacerecError, GalleryBusy
+from facerec.gallery.provenance import Provenance
+from facerec.gallery.records import Entry, Skipped, now
+from facerec.pipeline.weights import sha256_file
+
+if TYPE_CHECKING:
+    from facerec.contract.parts import Head
+
+FORMAT = 1
+CURRENT_FILE = "CURRENT"
+LOCK_FILE = "LOCK"
+DB_FILE = "gallery.sqlite"
+VECTORS_FILE = "vectors.npy"
+HEAD_FOLDER = "head"
+MANIFEST_FILE = "manifest.json"
+TEMP_PREFIX = ".tmp-"
+VERSION_NAME = re.compile(r"^v(\d{6,})-[0-9a-f]{8}$")
+HASHED_ON_OPEN = 16 * 2**20  # hashing 16 MiB takes about 10 ms; bigger files are hashed by `--repair`
+HEAL = "`facerec gallery --repair` (or `facerec index DIR`) rebuilds what can be rebuilt"
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE entries (
+    vector_id INTEGER PRIMARY KEY,
+    identity TEXT NOT NULL,
+    source TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL,
+    box TEXT,
+    enrolled_at TEXT NOT NULL
+);
+CREATE INDEX entries_identity ON entries (identity);
+CREATE INDEX entries_sha256 ON entries (sha256);
+CREATE TABLE skipped (source TEXT PRIMARY KEY, sha256 TEXT NOT NULL, reason TEXT NOT NULL);
+"""
+
+
+class GalleryDamaged(FacerecError):
+    """A gallery whose current version cannot be used as it is; the message says what is wrong."""
+
+
+class Unusable(Exception):
+    """A version whose entries cannot be read (folder gone, database damaged); says why, version first."""
+
+
+@dataclass
+class Contents:
+    """A whole gallery version in memory: what `write` stores. `vectors[i]` belongs to `entries[i]`."""
+
+    provenance: Provenance
+    head: str
+    head_options: dict[str, Any]
+    entries: list[Entry]
+    vectors: np.ndarray
+    skipped: list[Skipped]
+
+
+class Snapshot:
+    """One committed version of a gallery, read-only, its files checked (see the module docstring).
+
+    Entries and vectors load on demand. `damage` maps the parts that cannot be trusted (`vectors`,
+    `head`) to what is wrong with them; a version whose database cannot be read raises Unusable.
+    """
+
+    def __init__(self, path: Path, version: str, full: bool = False) -> None:
+        self.path = path
+        self.version = version
+        self.folder = path / version
+        if not self.folder.is_dir():
+            raise Unusable(f"{version} is missing")
+        recorded, manifest_problem = _read_manifest(self.folder)
+        self._db, self.meta, self.provenance = _open_db(self.folder, recorded, full)
+        if self.meta.get("format", 0) > FORMAT:
+            self._db.close()
+            raise FacerecError(
+                f"{path}: gallery format {self.meta['format']} is newer than this facerec reads"
+            )
+        self.written_at: str | None = self.meta.get("written_at")
+        self.head_name: str = self.meta["head"]
+        self.head_options: dict[str, Any] = self.meta["head_options"]
+        if manifest_problem is None and recorded is None and "manifest" in self.meta:
+            manifest_problem = f"{MANIFEST_FILE} is missing"
+        self.damage = _damage(self.folder, recorded, full, len(self), self.provenance.embedding_size)
+        if manifest_problem is not None:  # the head's files cannot be checked: it is fitted again
+            self.damage["head"] = "; ".join(filter(None, [manifest_problem, self.damage.get("head")]))
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+
+    def describe_damage(self) -> str:
+        """What is wrong with this version's files, in one line."""
+        return "; ".join(self.damage.values())
+
+    def entries(self) -> list[Entry]:
+        """Every enrolled face, in vector order."""
+        rows = self._db.execute(
+            "SELECT identity, source, sha256, box, enrolled_at FROM entries ORDER BY vector_id"
+        )
+        return [Entry(i, src, sha, _box(box), at) for i, src, sha, box, at in rows]
+
+    def skipped(self) -> list[Skipped]:
+        return [Skipped(*row) for row in self._db.execute("SELECT source, sha256, reason FROM skipped")]
+
+    def identities(self) -> dict[str, int]:
+        """Enrolled faces per identity, by name."""
+        rows = self._db.execute("SELECT identity, count(*) FROM entries GROUP BY identity ORDER BY identity")
+        return dict(rows.fetchall())
+
+    def vectors(self, rows: Sequence[int] | None = None) -> np.ndarray:
+        """The (N, D) float32 embeddings, memory-mapped; or a copy of those of `rows`."""
+        matrix = np.load(self.folder / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+        return matrix if rows is None else np.asarray(matrix[np.asarray(rows, dtype=np.int64)])
+
+    def load_head(self) -> Head:
+        """The fitted head, built with the recorded options and loaded from this version's files."""
+        head = registry().create("head", self.head_name, **self.head_options)
+        head.load(self.folder / HEAD_FOLDER)
+        return head
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _box(text: str | None) -> tuple[float, float, float, float] | None:
+    return None if text is None else tuple(json.loads(text))
+
+
+def _open_db(folder: Path, recorded: dict | None, full: bool):
+    """The version's database (read-only), its meta and provenance; Unusable when it cannot be trusted."""
+    problem = _file_problem(folder, DB_FILE, recorded, full) if recorded else None
+    if problem is not None:
+        raise Unusable(f"{folder.name}: {problem}")
+    db = None
+    try:
+        db = sqlite3.connect(f"{(folder / DB_FILE).resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        meta = {key: json.loads(value) for key, value in db.execute("SELECT key, value FROM meta")}
+        db.execute("SELECT count(*) FROM entries").fetchone()
+        return db, meta, Provenance.from_record(meta["provenance"])
+    except (sqlite3.Error, ValueError, KeyError, TypeError) as error:
+        if db is not None:
+            db.close()
+        raise Unusable(f"{folder.name}: {DB_FILE} cannot be read ({error})") from None
+
+
+def _read_manifest(folder: Path) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
+    """The recorded files of a version (None for a version written before manifests), and what is wrong
+    with the manifest itself."""
+    try:
+        files = json.loads((folder / MANIFEST_FILE).read_text("utf-8"))["files"]
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{MANIFEST_FILE} is unreadable"
+    return files, None
+
+
+def _file_problem(folder: Path, name: str, recorded: dict[str, dict[str, Any]], full: bool) -> str | None:
+    """What is wrong with file `name` of a version against its manifest record, or None."""
+    expected = recorded.get(name)
+    if expected is None:
+        return f"{name} is not in {MANIFEST_FILE}"
+    try:
+        size = (folder / name).stat().st_size
+    except FileNotFoundError:
+        return f"{name} is missing"
+    if size != expected["size"]:
+        return f"{name} is {size} bytes, expected {expected['size']}"
+    if (full or size <= HASHED_ON_OPEN) and sha256_file(folder / name) != expected["sha256"]:
+        return f"{name} does not match its recorded SHA-256"
+    return None
+
+
+def _damage(folder: Path, recorded: dict | None, full: bool, rows: int, width: int) -> dict[str, str]:
+    """The parts of a version (`vectors`, `head`) whose files are not as written, with why."""
+    damage = {}
+    vectors = _file_problem(folder, VECTORS_FILE, recorded, full) if recorded else None
+    vectors = vectors or _vectors_problem(folder / VECTORS_FILE, rows, width)
+    if vectors is not None:
+        damage["vectors"] = vectors
+    head = folder / HEAD_FOLDER
+    if not head.is_dir() or not any(head.iterdir()):
+        damage["head"] = f"{HEAD_FOLDER}/ is missing" if not head.is_dir() else f"{HEAD_FOLDER}/ is empty"
+    elif recorded:
+        names = [name for name in recorded if name.startswith(f"{HEAD_FOLDER}/")]
+        problems = [p for p in (_file_problem(folder, name, recorded, full) for name in names) if p]
+        if problems:
+            damage["head"] = "; ".join(problems)
+    return damage
+
+
+def _vectors_problem(file: Path, rows: int, width: int) -> str | None:
+    """Whether vectors.npy holds `rows` x `width` float32 and is as long as its header says."""
+    try:
+        with open(file, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+            start = f.tell()
+        size = file.stat().st_size
+    except FileNotFoundError:
+        return f"{VECTORS_FILE} is missing"
+    except (OSError, ValueError) as error:
+        return f"{VECTORS_FILE} is not a NumPy array file ({error})"
+    if shape != (rows, width) or dtype != np.float32 or fortran:
+        return f"{VECTORS_FILE} holds {shape} {dtype}, expected ({rows}, {width}) float32 for {rows} entries"
+    expected = start + rows * width * 4
+    if size != expected:
+        return f"{VECTORS_FILE} is {size} bytes, expected {expected}"
+    return None
+
+
+def read(path: Path) -> Snapshot | None:
+    """The gallery's current version, checked; None when nothing was ever written at `path`.
+
+    A damaged gallery raises GalleryDamaged with one line that says what is wrong and what heals it.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FacerecError(f"{path}: is a file, not a gallery folder")
+    for _ in range(3):  # a writer may swap versions between reading CURRENT and opening the folder
+        version = current(path)
+        if version is None:
+            if _versions(path):
+                raise GalleryDamaged(f"{path}: {CURRENT_FILE} is missing; {HEAL}")
+            return None
+        snapshot, problem = _open_checked(path, version)
+        if problem is None:
+            return snapshot
+        if current(path) == version:  # else a writer removed the version meanwhile: read CURRENT again
+            raise GalleryDamaged(f"{path}: {problem}; {HEAL}")
+    raise FacerecError(f"{path}: the gallery kept changing while being read; try again")
+
+
+def _open_checked(path: Path, version: str) -> tuple[Snapshot | None, str | None]:
+    """The version, or what is wrong with it."""
+    try:
+        snapshot = Snapshot(path, version)
+    except Unusable as error:
+        return None, f"gallery version {error}"
+    if not snapshot.damage:
+        return snapshot, None
+    snapshot.close()
+    return None, f"gallery version {version} is damaged: {snapshot.describe_damage()}"
+
+
+def recover(path: Path, full: bool = False) -> tuple[Snapshot | None, str | None]:
+    """For a writer (lock held): the newest version whose entries can be read, and what is wrong with
+    the gallery (None when its current version is intact). The snapshot's `damage` names what of it
+    must be rebuilt. (None, None) for a gallery never written."""
+    path = Path(path)
+    try:
+        version, problem = current(path), None
+    except GalleryDamaged:
+        version, problem = None, f"{CURRENT_FILE} does not name a version"
+    if version is not None:
+        try:
+            snapshot = Snapshot(path, version, full)
+        except Unusable as error:
+            problem = f"version {error}"
+        else:
+            return snapshot, (
+                f"version {version} is damaged: {snapshot.describe_damage()}" if snapshot.damage else None
+            )
+    elif problem is None and _versions(path):
+        problem = f"{CURRENT_FILE} is missing"
+    if problem is None:
+        return None, None
+    for older in _versions(path):
+        with contextlib.suppress(Unusable):
+            snapshot = Snapshot(path, older, full)
+            damage = f" (itself damaged: {snapshot.describe_damage()})" if snapshot.damage else ""
+            return snapshot, f"{problem}; going back to {older}, the newest readable version{damage}"
+    raise FacerecError(
+        f"{path}: {problem}, and no other version can be read; move the folder away and index again"
+    )
+
+
+def current(path: Path) -> str | None:
+    """The version CURRENT names, None when there is no CURRENT; GalleryDamaged when it names none."""
+    try:
+        version = (path / CURRENT_FILE).read_bytes().decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        return None
+    if not VERSION_NAME.match(version):
+        raise GalleryDamaged(f"{path / CURRENT_FILE}: not a gallery version name ({version!r}); {HEAL}")
+    return version
+
+
+def _versions(path: Path) -> list[str]:
+    """The version folders present, newest first."""
+    try:
+        names = [name for name in os.listdir(path) if VERSION_NAME.match(name)]
+    except FileNotFoundError:
+        return []
+    return sorted(names, key=lambda name: int(VERSION_NAME.match(name).group(1)), reverse=True)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the gallery's write lock: one writer at a time; the lock dies with its process.
+
+    A writer that wrote nothing leaves nothing: the LOCK file, and the folders it made, are removed.
+    """
+    path = Path(path)
+    _check_writable_folder(path)
+    made = [folder for folder in (path, *path.parents) if not folder.exists()]
+    with _open_lock(path) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _check_same_file(lock, path / LOCK_FILE)
+        except BlockingIOError:
+            raise GalleryBusy(f"{path}: another facerec process is writing this gallery") from None
+        try:
+            yield
+        finally:
+            _tidy_unwritten(path, made)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _open_lock(path: Path):
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return open(path / LOCK_FILE, "a")
+    except OSError as error:
+        raise cannot_write(path, error) from None
+
+
+def cannot_write(path: Path, error: OSError) -> FacerecError:
+    """One line for a gallery the file system refuses to write (read-only, no space, no permission)."""
+    return FacerecError(f"{path}: this gallery cannot be written ({error.strerror}: {error.filename})")
+
+
+def _check_same_file(lock, name: Path) -> None:
+    """The LOCK held must still be the one in the folder (a writer that wrote nothing removes its own)."""
+    try:
+        same = os.stat(name).st_ino == os.fstat(lock.fileno()).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:
+        raise BlockingIOError(errno.EAGAIN, "the lock file was replaced")
+
+
+def _tidy_unwritten(path: Path, made: list[Path]) -> None:
+    """Remove LOCK, and the folders `locked` made, when no version was ever written into the folder."""
+    if os.listdir(path) != [LOCK_FILE]:
+        return
+    (path / LOCK_FILE).unlink()
+    for folder in made:
+        with contextlib.suppress(OSError):  # another process may have put something there meanwhile
+            folder.rmdir()
+
+
+def _check_writable_folder(path: Path) -> None:
+    """Refuse to turn a folder of someone's files into a gallery: it must be new, empty, or a gallery."""
+    if path.exists() and not path.is_dir():
+        raise FacerecError(f"{path}: is a file, not a gallery folder")
+    if path.is_dir() and not (path / CURRENT_FILE).exists():
+        foreign = [p.name for p in path.iterdir() if p.name != LOCK_FILE and not _ours(p.name)]
+        if foreign:
+            raise FacerecError(f"{path}: not a facerec gallery and not empty; choose another --gallery")
+
+
+def _ours(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) or bool(VERSION_NAME.match(name)) or name == CURRENT_FILE
+
+
+def write(path: Path, contents: Contents, head: Head, previous: str | None = None) -> str:
+    """Store `contents` with the fitted `head` as the gallery's new current version; returns its name.
+
+    `previous` is the version the new one was made from, kept beside it (default: CURRENT's; a repair
+    names the version it went back to). Call inside `locked(path)`.
+    """
+    path = Path(path)
+    try:
+        live = current(path)
+    except GalleryDamaged:
+        live = None
+    previous = previous or live
+    try:
+        return _write(path, contents, head, previous, live)
+    except OSError as error:
+        raise cannot_write(path, error) from None
+
+
+def _write(path: Path, contents: Contents, head: Head, previous: str | None, live: str | None) -> str:
+    _remove_leftovers(path, keep={previous, live} - {None})
+    number = (
+        max((int(VERSION_NAME.match(name).group(1)) for name in {previous, live} - {None}), default=0) + 1
+    )
+    version = f"v{number:06d}-{uuid.uuid4().hex[:8]}"
+    temp = path / f"{TEMP_PREFIX}{version}"
+    temp.mkdir()
+    _write_db(temp / DB_FILE, contents, previous)
+    _write_vectors(temp / VECTORS_FILE, contents.vectors)
+    (temp / HEAD_FOLDER).mkdir()
+    head.save(temp / HEAD_FOLDER)
+    _write_manifest(temp)
+    _fsync_tree(temp)
+    os.rename(temp, path / version)
+    _fsync_folder(path)
+    _replace_text(path / CURRENT_FILE, version + "\n")
+    _remove_leftovers(path, keep={version, previous} - {None})
+    return version
+
+
+def _write_db(target: Path, contents: Contents, previous: str | None) -> None:
+    meta = {
+        "format": FORMAT,
+        "provenance": asdict(contents.provenance),
+        "head": contents.head,
+        "head_options": contents.head_options,
+        "count": len(contents.entries),
+        "written_at": now(),
+        "previous": previous,
+        "manifest": MANIFEST_FILE,
+    }
+    db = sqlite3.connect(target)
+    try:
+        db.execute("PRAGMA journal_mode = OFF")  # a fresh file in a private folder: fsync'd as a whole later
+        db.executescript(SCHEMA)
+        with db:
+            db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+            db.executemany(
+                "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        i,
+                        e.identity,
+                        e.source,
+                        e.sha256,
+                        None if e.box is None else json.dumps(e.box),
+                        e.enrolled_at,
+                    )
+                    for i, e in enumerate(contents.entries)
+                ),
+            )
+            db.executemany(
+                "INSERT INTO skipped VALUES (?, ?, ?)",
+                ((s.source, s.sha256, s.reason) for s in contents.skipped),
+            )
+    finally:
+        db.close()
+
+
+def _write_vectors(target: Path, vectors: np.ndarray) -> None:
+    np.save(target, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+
+
+def _write_manifest(folder: Path) -> None:
+    """Record the size and SHA-256 of every file of the version being written."""
+    files = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        files[file.relative_to(folder).as_posix()] = {
+            "size": file.stat().st_size,
+            "sha256": sha256_file(file),
+        }
+    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1) + "\n", "utf-8")
+
+
+def _replace_text(target: Path, text: str) -> None:
+    temp = target.with_name(f"{TEMP_PREFIX}{target.name}")
+    with open(temp, "w", encoding="ascii") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, target)
+    _fsync_folder(target.parent)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_folder(Path(root))
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_leftovers(path: Path, keep: set[str]) -> None:
+    """Delete versions other than `keep` and the temporary folders of killed writes (lock held)."""
+    for child in path.iterdir():
+        if child.name in keep or not _ours(child.name) or child.name == CURRENT_FILE:
+            continue
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def fit_head(name: str, options: dict[str, Any], vectors: np.ndarray, labels: Sequence[str]) -> Head:
+    """A head of `name` built with `options` and fitted on the gallery's vectors."""
+    head = registry().create("head", name, **options)
+    import torch  # here, not above: reading a gallery needs no torch
+
+    head.fit(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)), labels)
+    return head

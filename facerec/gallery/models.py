@@ -1,0 +1,127 @@
+"""Building again exactly the models that made a gallery's vectors, and refusing what cannot match.
+
+Options a user gives explicitly (`ModelRequest`) must agree with the gallery's record (`Provenance`);
+anything else is refused with one line that says what differs, before any model loads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from facerec import defaults
+from facerec.errors import FacerecError
+from facerec.gallery.provenance import Provenance, describe_aligner
+from facerec.pipeline.weights import sha256_file
+
+if TYPE_CHECKING:
+    from facerec.pipeline.engine import Pipeline
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """The model options a user gave explicitly; None means "as the gallery records, else the default"."""
+
+    backbone: str | None = None
+    pretrained: str | None = None
+    weights: str | os.PathLike | None = None
+    detector: str | None = None
+    detector_options: dict[str, Any] | None = None
+    aligner: str | None = None
+    aligner_options: dict[str, Any] | None = None
+    device: str | None = "auto"
+    precision: str | None = None
+    calibration: str | os.PathLike | None = None  # int8: photos to calibrate on when not cached yet
+
+
+def check_request(recorded: Provenance, request: ModelRequest, gallery: Path) -> None:
+    """Refuse, before any model loads, options that cannot make vectors comparable with the gallery's."""
+    wanted = {
+        "backbone": (request.backbone, recorded.backbone),
+        "detector": (request.detector, recorded.detector),
+        "aligner": (request.aligner, recorded.recipe.get("aligner")),
+        "precision": (request.precision, recorded.precision),
+    }
+    if request.weights is None:
+        wanted["pretrained weights"] = (request.pretrained, recorded.pretrained)
+    else:
+        wanted["weights"] = (sha256_file(Path(request.weights)), recorded.weights_sha256)
+    for what, (asked, made) in wanted.items():
+        if asked is not None and asked != made:
+            raise mismatch(gallery, recorded, f"{what} {asked}")
+    options = recorded.recipe.get("aligner_options", {})
+    if request.aligner_options is not None and {**options, **request.aligner_options} != options:
+        asked = {"aligner": recorded.recipe.get("aligner"), "aligner_options": request.aligner_options}
+        raise mismatch(gallery, recorded, f"aligner {describe_aligner(asked)}")
+
+
+def mismatch(gallery: Path, recorded: Provenance, asked: str) -> FacerecError:
+    return FacerecError(
+        f"{gallery}: this gallery was made with {recorded.describe()}; it cannot be searched or extended "
+        f"with {asked}; use another --gallery for these models"
+    )
+
+
+def open_pipeline(
+    recorded: Provenance | None, request: ModelRequest, gallery: Path
+) -> tuple[Pipeline, Provenance]:
+    """The pipeline that embeds as the gallery did (or, for a new gallery, as requested), and its record.
+
+    The record names the weights as this run found them (a moved --weights file, say), same bytes.
+    """
+    from facerec.pipeline.engine import build_pipeline
+
+    if recorded is not None:
+        check_request(recorded, request, gallery)
+    weights = request.weights or (recorded.weights_file if recorded else None)
+    if weights is not None and not Path(weights).is_file():
+        raise FacerecError(
+            f"{weights}: the gallery's weights file is missing; pass --weights FILE with a copy"
+        )
+    recipe = recorded.recipe if recorded else {}
+    aligner = _choose(request.aligner, recipe.get("aligner"))
+    pipeline = build_pipeline(
+        detector=_choose(request.detector, recorded and recorded.detector, defaults.DETECTOR),
+        detector_options=_choose(request.detector_options, _options_of(recorded)),
+        backbone=_choose(request.backbone, recorded and recorded.backbone, defaults.BACKBONE),
+        aligner=aligner,
+        aligner_options=_choose(
+            request.aligner_options,
+            recipe.get("aligner_options") if aligner == recipe.get("aligner") else None,
+        ),
+        pretrained=None if weights else _choose(request.pretrained, recorded and recorded.pretrained),
+        weights=weights,
+        device=request.device,
+        precision=_choose(request.precision, recorded and recorded.precision, defaults.PRECISION),
+        calibration=request.calibration,
+    )
+    loaded = pipeline.backbone
+    made = Provenance(
+        backbone=loaded.name,
+        pretrained=loaded.pretrained,
+        weights_sha256=loaded.weights_sha256,
+        weights_file=str(Path(weights).resolve()) if weights else None,
+        detector=pipeline.detector_name,
+        detector_settings=dict(pipeline.detector.settings),
+        recipe=pipeline.recipe.to_json(),
+        embedding_size=loaded.plugin.embedding_size,
+        threshold=loaded.threshold,
+        precision=loaded.precision,
+    )
+    if recorded is not None and not recorded.same_vectors(made):
+        raise mismatch(gallery, recorded, made.describe())
+    return pipeline, made
+
+
+def _choose(*values: Any) -> Any:
+    """The first value that is not None (the user's, then the gallery's, then the default)."""
+    return next((value for value in values if value is not None), None)
+
+
+def _options_of(recorded: Provenance | None) -> dict[str, Any] | None:
+    """The detector's factory options from its recorded settings (settings name the detector too)."""
+    if recorded is None:
+        return None
+    return {key: value for key, value in recorded.detector_settings.items() if key != "name"}

@@ -1,0 +1,86 @@
+"""Which models made a gallery's vectors: the record every store keeps (facerec.gallery.models builds
+those models again).
+
+Vectors from different networks, weights, detectors or input recipes are not comparable, so a gallery
+records all of them, and every later `index` or `identify` embeds the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from facerec import defaults
+
+FACENET_PYTORCH_RECIPE = {"size": 160, "mean": [127.5] * 3, "std": [128.0] * 3, "channels": "RGB"}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What made a gallery's vectors; identify must embed with exactly the same to compare.
+
+    `recipe` is the backbone's input recipe as used (facerec.contract.parts.InputRecipe.to_json: size, aligner
+    and its options, mean, std, channels). `threshold` is the same-person distance of the weights, the
+    default of `identify`; it does not change the vectors. `precision` is the backbone's arithmetic
+    (facerec.pipeline.precision: fp32, or int8 for its calibrated quantized network); galleries written before it
+    was recorded were made in fp32.
+    """
+
+    backbone: str
+    pretrained: str | None
+    weights_sha256: str | None  # None only for untrained (seeded) weights
+    weights_file: str | None  # the --weights file, when the weights were not a named pretrained set
+    detector: str
+    detector_settings: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    embedding_size: int = 512
+    threshold: float | None = None
+    precision: str = defaults.PRECISION
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Provenance:
+        """A provenance as a gallery stored it, galleries written before input recipes included: their
+        `crop` (size, margin, align) was facenet-pytorch's standardization with the box or landmarks
+        aligner."""
+        record = dict(record)
+        crop = record.pop("crop", None)
+        if crop is not None and "recipe" not in record:
+            landmarks = crop.get("align") == "landmarks"
+            record["recipe"] = {
+                **FACENET_PYTORCH_RECIPE,
+                "size": crop.get("size", 160),
+                "aligner": "landmarks" if landmarks else "box",
+                "aligner_options": {} if landmarks else {"margin": float(crop.get("margin", 0))},
+            }
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in record.items() if key in known})
+
+    def describe(self) -> str:
+        """One line: network, weights (and their SHA-256), precision when not fp32, detector, aligner."""
+        weights = self.weights_file or self.pretrained
+        digest = f", sha256 {self.weights_sha256[:12]}" if self.weights_sha256 else ""
+        precision = f", precision {self.precision}" if self.precision != "fp32" else ""
+        return (
+            f"{self.backbone} with weights {weights}{digest}{precision}, detector {self.detector}, "
+            f"aligner {describe_aligner(self.recipe)}"
+        )
+
+    def same_vectors(self, other: Provenance) -> bool:
+        """Whether `other` makes vectors comparable with these (where the weights file lives, and the
+        threshold, are no matter)."""
+        ignored = {"weights_file": None, "pretrained": None, "threshold": None}
+        return replace(self, **ignored) == replace(other, **ignored)
+
+
+def same_person_distance(recorded: Provenance | None, made: Provenance) -> float | None:
+    """The same-person distance between embeddings for a gallery: the one it recorded, else (galleries
+    written before thresholds were recorded, or none yet) what its weights declare now, as `made` says."""
+    if recorded is not None and recorded.threshold is not None:
+        return recorded.threshold
+    return made.threshold
+
+
+def describe_aligner(recipe: Mapping[str, Any]) -> str:
+    options = ", ".join(f"{key}={value}" for key, value in recipe.get("aligner_options", {}).items())
+    return f"{recipe.get('aligner')}" + (f" ({options})" if options else "")

@@ -1,0 +1,308 @@
+"""Composition: the engine builds a detector, an aligner and a backbone from the registry and runs
+images through them.
+
+It knows no concrete model. `load_backbone` resolves weights (a file, a named pretrained download, or
+none) and asks the backbone plugin to build its network; the backbone's input recipe names the aligner
+and the standardization; `Pipeline` streams image paths through load -> detect -> align -> standardize
+-> embed in small batches, so memory stays bounded however many images come.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from facerec import defaults
+from facerec.contract.faces import Face, largest_first
+from facerec.contract.parts import Aligner, Backbone, Detector, InputRecipe
+from facerec.contract.registry import registry
+from facerec.errors import FacerecError, UsageError
+from facerec.pipeline.images import ImageError, load_image
+from facerec.pipeline.precision import (
+    FP32,
+    INT8,
+    FaceSource,
+    calibration_faces,
+    check_precision,
+    int8_device,
+    int8_network,
+    stderr_note,
+)
+from facerec.pipeline.standardize import standardize_pictures
+from facerec.pipeline.weights import fetch, load_state_dict, sha256_file
+
+NO_WEIGHTS = "none"
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`auto` (or None) means CUDA when available, else the CPU. A CUDA device this machine does not
+    have is refused here, in one line, before any model is moved to it."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        found = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device: unknown device '{device}'") from None
+    if found.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {device}: no CUDA GPU is available here; use --device cpu or auto")
+        if (found.index or 0) >= count:
+            raise UsageError(
+                f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+            )
+    return found
+
+
+def backbone_plugin(name: str) -> Backbone:
+    """The registered backbone `name` (its recipe and weights list; no network is built)."""
+    return registry().create("backbone", name)
+
+
+def default_threshold(plugin: Backbone, pretrained: str | None) -> float | None:
+    """The same-person distance for `pretrained` weights: their own, else the default weights'."""
+    thresholds = plugin.thresholds
+    return thresholds.get(pretrained or "", thresholds.get(plugin.default_pretrained or ""))
+
+
+@dataclass
+class LoadedBackbone:
+    """A backbone plugin with its network built and its weights identified by SHA-256."""
+
+    name: str
+    plugin: Backbone
+    module: torch.nn.Module  # trainable, unfused
+    weights_sha256: str | None  # None for untrained (seeded random) weights
+    device: torch.device
+    pretrained: str | None = None  # the named weights loaded (`none`: untrained), None for a file
+    precision: str = FP32  # or INT8 (facerec.pipeline.precision)
+    recipe: InputRecipe | None = None  # how its faces are made, when not the plugin's own (--aligner)
+    calibration: FaceSource | None = None  # int8: the faces to calibrate on (default: the demo photos)
+    _inference: torch.nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def inference(self) -> torch.nn.Module:
+        """The inference form of `module` at this precision, built (int8: loaded or calibrated) once."""
+        if self._inference is None:
+            self._inference = self._build_inference()
+        return self._inference
+
+    def _build_inference(self) -> torch.nn.Module:
+        if self.precision != INT8:
+            return self.plugin.for_inference(self.module.eval()).to(self.device)
+        recipe = self.recipe or self.plugin.recipe
+        faces = self.calibration or public_calibration(recipe)
+        return int8_network(self, recipe, faces, stderr_note)
+
+    @property
+    def threshold(self) -> float | None:
+        return default_threshold(self.plugin, self.pretrained)
+
+    def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings (N, D) on the CPU of standardized faces (N, 3, S, S)."""
+        with torch.inference_mode():
+            return self.inference(faces.to(self.device)).float().cpu()
+
+
+def _state_dict_for(plugin: Backbone, name: str, pretrained: str | None, weights: Path | None):
+    if weights is not None:
+        return load_state_dict(weights), sha256_file(weights), str(weights)
+    if pretrained in (None, NO_WEIGHTS):
+        return None, None, "untrained weights"
+    if pretrained not in plugin.pretrained:
+        known = ", ".join([*plugin.pretrained, NO_WEIGHTS])
+        raise UsageError(
+            f"--pretrained: backbone '{name}' has no weights '{pretrained}' (available: {known})"
+        )
+    path, digest = fetch(plugin.pretrained[pretrained])
+    read = getattr(plugin, "read_pretrained", load_state_dict)  # for published files that are not torch's
+    return read(path), digest, str(path)
+
+
+def load_backbone(
+    name: str,
+    pretrained: str | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str | None = "cpu",
+    precision: str = FP32,
+) -> LoadedBackbone:
+    """Build backbone `name` with `weights` (a state-dict file) or the named `pretrained` weights.
+
+    `pretrained` None means the backbone's default weights; `none` means untrained, initialised from a
+    fixed seed so that two runs agree. `precision` int8 runs on the CPU (facerec.pipeline.precision).
+    """
+    plugin = backbone_plugin(name)
+    check_precision(precision, plugin, name)
+    target = resolve_device(int8_device(device) if precision == INT8 else device)
+    if weights is None and pretrained is None:
+        pretrained = plugin.default_pretrained
+    state, digest, source = _state_dict_for(plugin, name, pretrained, Path(weights) if weights else None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            module = plugin.build(state)
+        except ValueError as error:
+            raise FacerecError(f"{source}: does not fit backbone '{name}': {error}") from None
+    named = None if weights is not None else pretrained
+    return LoadedBackbone(name, plugin, module.to(target), digest, target, named, precision)
+
+
+def public_calibration(recipe: InputRecipe) -> FaceSource:
+    """int8 calibration faces for a backbone loaded alone: the demo photos, found by the default
+    detector and aligned by the recipe's aligner."""
+
+    def faces() -> torch.Tensor:
+        aligner, _ = create_aligner(recipe)
+        return calibration_faces(create_detector(defaults.DETECTOR), aligner, recipe, None)
+
+    return faces
+
+
+def with_aligner(
+    recipe: InputRecipe, aligner: str | None = None, options: Mapping[str, Any] | None = None
+) -> InputRecipe:
+    """`recipe` with the user's aligner (`--aligner`) and options (`-A`); options alone adjust the
+    recipe's own aligner."""
+    if aligner is not None and aligner != recipe.aligner:
+        return replace(recipe, aligner=aligner, aligner_options=dict(options or {}))
+    return replace(recipe, aligner_options={**recipe.aligner_options, **(options or {})})
+
+
+def create_aligner(recipe: InputRecipe) -> tuple[Aligner, InputRecipe]:
+    """The recipe's aligner, and the recipe with the options as the aligner reports them (normalized:
+    `margin=0` and `margin=0.0` crop alike and must record alike)."""
+    aligner = registry().create("aligner", recipe.aligner, **recipe.aligner_options)
+    options = {key: value for key, value in aligner.settings.items() if key != "name"}
+    return aligner, replace(recipe, aligner_options=options)
+
+
+@dataclass
+class ImageResult:
+    """What the pipeline found in one image: faces (largest first) and their embeddings, or an error."""
+
+    path: str
+    faces: list[Face] = field(default_factory=list)
+    crops: list[Image.Image] = field(default_factory=list)
+    embeddings: torch.Tensor | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON Lines object `detect` and `embed` print for this image (with embeddings when computed)."""
+        if self.error is not None:
+            return {"image": self.path, "error": self.error}
+        faces = [face.to_json() for face in self.faces]
+        if self.embeddings is not None:
+            for record, vector in zip(faces, self.embeddings.tolist(), strict=True):
+                record["embedding"] = vector
+        return {"image": self.path, "faces": faces}
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+@dataclass
+class Pipeline:
+    """Streams images through a detector, an aligner and, when given, a backbone, a few at a time."""
+
+    detector: Detector
+    detector_name: str
+    aligner: Aligner
+    recipe: InputRecipe
+    backbone: LoadedBackbone | None = None
+    images_per_batch: int = 8
+    faces_per_batch: int = 32
+
+    def run(self, paths: Iterable[str | os.PathLike]) -> Iterator[ImageResult]:
+        """One result per path, in order; unreadable images give a result with `error` and the run goes on."""
+        for chunk in batched(paths, self.images_per_batch):
+            yield from self._run_batch([str(path) for path in chunk])
+
+    def _run_batch(self, paths: Sequence[str]) -> list[ImageResult]:
+        results = [ImageResult(path) for path in paths]
+        images: dict[int, Image.Image] = {}
+        for index, result in enumerate(results):
+            try:
+                images[index] = load_image(result.path)
+            except ImageError as error:
+                result.error = error.reason
+        detections = self.detector.detect(list(images.values())) if images else []
+        for (index, image), faces in zip(images.items(), detections, strict=True):
+            results[index].faces = largest_first(faces)
+            if results[index].faces:
+                results[index].crops = cut(self.detector, self.aligner, image, results[index].faces, self.recipe)
+        if self.backbone is not None:
+            self._embed(results)
+        return results
+
+    def _embed(self, results: list[ImageResult]) -> None:
+        crops = [crop for result in results for crop in result.crops]
+        vectors = [
+            self.backbone.embed(standardize_pictures(chunk, self.recipe))
+            for chunk in batched(crops, self.faces_per_batch)
+        ]
+        flat = torch.cat(vectors) if vectors else torch.empty(0, self.backbone.plugin.embedding_size)
+        start = 0
+        for result in results:
+            if result.error is None:
+                result.embeddings = flat[start : start + len(result.faces)]
+                start += len(result.faces)
+
+
+def cut(
+    detector: Detector, aligner: Aligner, image: Image.Image, faces: Sequence[Face], recipe: InputRecipe
+) -> list[Image.Image]:
+    """The backbone's input pictures of `faces`: cut by the recipe's aligner, except from a detector
+    whose faces are already aligned pictures (`aligned = True`, as `--detector none`): those are used
+    as they are, resized to the recipe's size. Aligning an aligned chip again would move it (dlib's chip
+    cut from a chip is not the chip)."""
+    if getattr(detector, "aligned", False):
+        return [image.resize((recipe.size, recipe.size), Image.BILINEAR) for _ in faces]
+    return aligner.align(image, faces, recipe.size)
+
+
+def create_detector(name: str, options: Mapping[str, Any] | None = None) -> Detector:
+    """The registered detector `name` built with `options` (from `-D KEY=VALUE` on the command line)."""
+    return registry().create("detector", name, **(options or {}))
+
+
+def build_pipeline(
+    detector: str = defaults.DETECTOR,
+    detector_options: Mapping[str, Any] | None = None,
+    backbone: str = defaults.BACKBONE,
+    aligner: str | None = None,
+    aligner_options: Mapping[str, Any] | None = None,
+    embed: bool = True,
+    pretrained: str | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str | None = "auto",
+    precision: str = FP32,
+    calibration: str | os.PathLike | None = None,
+) -> Pipeline:
+    """The one place a pipeline is composed: detector, the backbone's recipe (its aligner, or the one
+    asked for), and with `embed` the backbone's network with its weights at `precision`.
+
+    Parts are built before any weights are fetched, so a bad option is reported before a download. An
+    int8 network is calibrated, when not cached, on the faces this pipeline finds in the photos of
+    `calibration` (a folder), else in the demo photos.
+    """
+    found = create_detector(detector, detector_options)
+    plugin = backbone_plugin(backbone)
+    check_precision(precision, plugin, backbone)
+    recipe = with_aligner(plugin.recipe, aligner, aligner_options)
+    part, recipe = create_aligner(recipe)
+    loaded = load_backbone(backbone, pretrained, weights, device, precision) if embed else None
+    if loaded is not None:
+        folder = Path(calibration) if calibration is not None else None
+        loaded.recipe = recipe
+        loaded.calibration = lambda: calibration_faces(found, part, recipe, folder)
+    return Pipeline(detector=found, detector_name=detector, aligner=part, recipe=recipe, backbone=loaded)

@@ -1,0 +1,313 @@
+"""dlib's shape predictor (dlib/image_processing/shape_predictor.h): reading its file, running it.
+
+The predictor (Kazemi and Sullivan 2014) is a cascade of forests of regression trees. Each level of the
+cascade looks at the intensities of a few hundred pixels placed relative to the current shape estimate,
+walks every tree by comparing pairs of those intensities, and adds the correction at each tree's leaf to
+the shape. Shapes live in the detection rectangle's unit square, so the result follows the box given.
+
+Running it matches dlib to the pixel: the same single-precision arithmetic where dlib uses floats, the
+same rounding of feature points to pixels (out-of-image ones read 0), dlib's grey level of an RGB pixel
+((r + g + b) // 3), and the trees' corrections added in the same order. The work is vectorized over the
+faces of an image and the trees of a level.
+
+The file stores 1.3 million floats as 3.2 million of dlib's variable-length integers (a float is two of
+them); decoding them one by one in Python takes seconds, so the whole file, which holds nothing but such
+integers, is split into them in one pass and decoded with numpy (under a second). Given the file's SHA-256,
+`load_shape_predictor` also keeps the decoded arrays in the cache folder (a plain .npz written
+atomically, read without pickle), so later processes load it in milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from array import array
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from facerec.plugin import FacerecError, cache_dir, write_atomically
+from facerec_plugins.dlib.chip import similarity_transform
+from facerec_plugins.dlib.serialization import EXPONENT_INF, DlibFormatError, DlibReader
+
+VERSION = 1
+CACHE_FORMAT = 1  # the layout of the cached arrays; a new layout gets a new file name
+# How far each byte moves a reader that is at a dlib integer's control byte: itself plus its low nibble.
+INTEGER_STEPS = bytes(1 + (byte & 0x0F) for byte in range(256))
+
+
+@dataclass(frozen=True, eq=False)
+class ShapePredictor:
+    """A trained predictor of P points: C cascade levels of N trees with S splits and S + 1 leaves each,
+    every level reading K feature pixels."""
+
+    initial_shape: np.ndarray  # (P, 2) float32: the mean shape, in the detection box's unit square
+    anchors: np.ndarray  # (C, K) intp: the point each feature pixel is placed from
+    deltas: np.ndarray  # (C, K, 2) float32: its offset from that point, in the mean shape's frame
+    splits: np.ndarray  # (C, 2, N * S) intp: the two feature pixels compared at each node, breadth first
+    thresholds: np.ndarray  # (C, N * S) float32: a node goes left when first - second > threshold
+    leaves: np.ndarray  # (C, N * (S + 1), 2P) float32: the shape correction at each leaf
+
+    def __post_init__(self) -> None:
+        arrays = (self.initial_shape, self.anchors, self.deltas, self.splits, self.thresholds, self.leaves)
+        if tuple(array.ndim for array in arrays) != (2, 2, 3, 3, 2, 3):
+            raise ValueError("the predictor's arrays do not have the dimensions of one")
+        points = len(self.initial_shape)
+        levels, features = self.anchors.shape
+        nodes = self.thresholds.shape[1]
+        leaves = self.leaves.shape[1]
+        trees = leaves - nodes
+        consistent = (
+            trees > 0
+            and nodes % trees == 0
+            and _power_of_two(leaves // trees)
+            and self.initial_shape.shape == (points, 2)
+            and self.deltas.shape == (levels, features, 2)
+            and self.splits.shape == (levels, 2, nodes)
+            and self.thresholds.shape == (levels, nodes)
+            and self.leaves.shape == (levels, leaves, 2 * points)
+            and 0 <= self.anchors.min(initial=0) <= self.anchors.max(initial=0) < points
+            and 0 <= self.splits.min(initial=0) <= self.splits.max(initial=0) < features
+        )
+        if not consistent:
+            raise ValueError("the predictor's arrays do not fit together")
+
+    @property
+    def trees(self) -> int:
+        return self.leaves.shape[1] - self.thresholds.shape[1]
+
+    @property
+    def depth(self) -> int:
+        return (self.leaves.shape[1] // self.trees).bit_length() - 1
+
+    def predict(self, pixels: np.ndarray, rects: np.ndarray) -> np.ndarray:
+        """The points (F, P, 2), integer pixels as dlib rounds them, for F dlib rectangles (F, 4) of
+        (left, top, right, bottom), inclusive, in the (H, W, 3) uint8 RGB image `pixels`."""
+        rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
+        origin, extent = rects[:, None, :2], rects[:, None, 2:] - rects[:, None, :2]
+        shapes = np.repeat(self.initial_shape[None], len(rects), axis=0)
+        for level in range(len(self.anchors)):
+            intensities = self._intensities(pixels, origin, extent, shapes, level)
+            shapes = self._corrected(shapes, intensities, level)
+        return np.floor(extent * shapes + origin + 0.5).astype(np.int64)
+
+    def _intensities(
+        self, pixels: np.ndarray, origin: np.ndarray, extent: np.ndarray, shapes: np.ndarray, level: int
+    ) -> np.ndarray:
+        """(F, K) grey levels at the level's feature pixels, placed on the current shapes."""
+        turn, _ = similarity_transform(self.initial_shape.astype(np.float64), shapes.astype(np.float64))
+        turn = turn.astype(np.float32)[:, None]
+        offsets = self.deltas[level][None, :, :, None]
+        # dlib's float arithmetic: each coordinate m0 * dx + m1 * dy, plus the anchor point
+        placed = turn[..., 0] * offsets[..., 0, :] + turn[..., 1] * offsets[..., 1, :]
+        placed += shapes[:, self.anchors[level]]
+        x, y = np.moveaxis(np.floor(extent * placed + origin + 0.5).astype(np.intp), -1, 0)
+        height, width = pixels.shape[:2]
+        inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+        rgb = pixels.reshape(-1, 3)[np.where(inside, y * width + x, 0)]
+        return np.where(inside, rgb.sum(axis=-1, dtype=np.int16) // 3, 0)
+
+    def _corrected(self, shapes: np.ndarray, intensities: np.ndarray, level: int) -> np.ndarray:
+        """The shapes after every tree of the level has added the correction at the leaf it reaches."""
+        faces, trees = len(shapes), self.trees
+        nodes = self.thresholds.shape[1]
+        splits_per_tree = nodes // trees
+        first, second = self.splits[level]
+        # every node's test at once (a few thousand comparisons), then only the paths are walked
+        goes_left = (intensities[:, first] - intensities[:, second] > self.thresholds[level]).ravel()
+        root = np.arange(trees) * splits_per_tree + np.arange(faces)[:, None] * nodes
+        node = np.zeros((faces, trees), dtype=np.intp)
+        for _ in range(self.depth):
+            node = 2 * node + 2 - goes_left[root + node]
+        leaf = np.arange(trees) * (splits_per_tree + 1) + node - splits_per_tree
+        flat = shapes.reshape(faces, 1, -1)
+        # dlib adds the trees' corrections one after the other in single precision: so does cumsum
+        total = np.cumsum(np.concatenate([flat, self.leaves[level][leaf]], axis=1), axis=1)[:, -1]
+        return total.reshape(shapes.shape)
+
+
+def _power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+def dlib_rectangle(box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """The dlib rectangle (left, top, right, bottom; inclusive) for a facerec box (x1, y1, x2, y2).
+
+    A facerec box ends where the face's pixels end, a dlib rectangle at its last pixel: the box of dlib's
+    rectangle (l, t, r, b) is (l, t, r + 1, b + 1), and this maps it back exactly. Any other box is
+    rounded as dlib rounds a drectangle, so the predictor runs from any detector's box.
+    """
+    x1, y1, x2, y2 = (math.floor(v + 0.5) for v in box)
+    return x1, y1, x2 - 1, y2 - 1
+
+
+def read_shape_predictor(path: Path) -> ShapePredictor:
+    """Parse a shape predictor file written by dlib; FacerecError naming the file when it is not one."""
+    try:
+        reader = DlibReader.open(path)
+    except OSError as error:
+        raise FacerecError(f"{path}: cannot read the shape predictor ({error.strerror or error})") from None
+    numbers = _Integers(reader)
+    version = numbers.one()
+    if version != VERSION:
+        raise numbers.error(0, f"shape predictor version {version}, expected {VERSION}")
+    initial_shape = _initial_shape(numbers)
+    levels = numbers.peek(0)
+    splits, thresholds, leaves = _forests(numbers)
+    anchors = _nested(numbers, levels, 1)[..., 0]
+    deltas = _floats(numbers, _nested(numbers, levels, 4), "a feature offset")
+    if not numbers.at_end():
+        raise numbers.error(numbers.next, "data after the shape predictor")
+    try:
+        return ShapePredictor(
+            initial_shape=initial_shape,
+            anchors=anchors.astype(np.intp),
+            deltas=deltas,
+            splits=splits,
+            thresholds=thresholds,
+            leaves=leaves,
+        )
+    except ValueError as error:
+        raise numbers.error(0, str(error)) from None
+
+
+def load_shape_predictor(path: Path, sha256: str | None = None) -> ShapePredictor:
+    """The predictor in `path`, from the cache folder's copy of its arrays when `sha256` is given and one
+    was kept before (else parsed, then kept there; a damaged or unwritable copy only costs the parse)."""
+    cached = cache_dir() / f"dlib-shape-predictor-{sha256}.v{CACHE_FORMAT}.npz" if sha256 else None
+    if cached is not None and cached.is_file():
+        try:
+            with np.load(cached, allow_pickle=False) as arrays:
+                return ShapePredictor(**{f.name: arrays[f.name] for f in fields(ShapePredictor)})
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass
+    predictor = read_shape_predictor(path)
+    if cached is not None:
+        arrays = {f.name: getattr(predictor, f.name) for f in fields(ShapePredictor)}
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(cached, lambda out: np.savez(out, **arrays))
+        except OSError:
+            pass
+    return predictor
+
+
+class _Integers:
+    """All the dlib integers a file is made of, decoded at once, then read in order.
+
+    A shape predictor file holds nothing else (floats are a mantissa and an exponent, vector and matrix
+    sizes are integers), so it is split into integers in one Python pass over the control bytes and the
+    values are assembled with numpy: far faster than DlibReader.int() for each of ~3 million numbers.
+    """
+
+    def __init__(self, reader: DlibReader) -> None:
+        self.reader = reader
+        data = bytes(reader.data)
+        steps = data.translate(INTEGER_STEPS)
+        starts, offset, end = array("q"), 0, len(data)
+        append = starts.append  # bound once: this loop runs once per number
+        while offset < end:
+            append(offset)
+            offset += steps[offset]
+        self.starts = np.frombuffer(starts, dtype=np.int64)
+        if offset != end:
+            raise self.error(len(self.starts) - 1, "the file ends inside a number")
+        raw = np.frombuffer(data, dtype=np.uint8)
+        control = raw[self.starts]
+        bad = ((control & 0x70) != 0) | ((control & 0x0F) > 8)
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise self.error(first, f"bad integer control byte {control[first]:#04x}")
+        self.values = _magnitudes(raw, self.starts, control & 0x0F)
+        self.values[(control & 0x80) != 0] *= -1
+        self.next = 0
+
+    def error(self, index: int, what: str) -> DlibFormatError:
+        self.reader.offset = int(self.starts[min(index, len(self.starts) - 1)]) if len(self.starts) else 0
+        return self.reader.error(what)
+
+    def take(self, count: int) -> np.ndarray:
+        if count < 0 or self.next + count > len(self.values):
+            raise self.error(len(self.values), "the file ends early")
+        taken = self.values[self.next : self.next + count]
+        self.next += count
+        return taken
+
+    def one(self) -> int:
+        return int(self.take(1)[0])
+
+    def peek(self, ahead: int) -> int:
+        if self.next + ahead >= len(self.values):
+            raise self.error(len(self.values), "the file ends early")
+        return int(self.values[self.next + ahead])
+
+    def at_end(self) -> bool:
+        return self.next == len(self.values)
+
+
+def _magnitudes(raw: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The little-endian magnitudes following each control byte, as int64."""
+    values = np.zeros(len(starts), dtype=np.uint64)
+    for byte in range(int(sizes.max(initial=0))):
+        longer = np.flatnonzero(sizes > byte)
+        values[longer] |= raw[starts[longer] + 1 + byte].astype(np.uint64) << np.uint64(8 * byte)
+    return values.astype(np.int64)
+
+
+def _floats(numbers: _Integers, pairs: np.ndarray, what: str) -> np.ndarray:
+    """float32 values of dlib floats given as (..., 2k) integers: mantissa, exponent, mantissa, ..."""
+    mantissas, exponents = pairs[..., 0::2], pairs[..., 1::2]
+    if (exponents >= EXPONENT_INF).any():
+        raise numbers.error(numbers.next, f"{what} that is infinite or not a number")
+    return np.ldexp(mantissas.astype(np.float64), exponents.astype(np.int32)).astype(np.float32)
+
+
+def _initial_shape(numbers: _Integers) -> np.ndarray:
+    """The mean shape: a float column matrix of x, y pairs, as (P, 2)."""
+    rows, columns = abs(numbers.one()), abs(numbers.one())
+    if columns != 1 or rows == 0 or rows % 2:
+        raise numbers.error(numbers.next, f"an initial shape of {rows} x {columns}")
+    return _floats(numbers, numbers.take(2 * rows), "an initial shape").reshape(-1, 2)
+
+
+def _nested(numbers: _Integers, outer: int, width: int) -> np.ndarray:
+    """A vector of `outer` vectors of one length n, each item `width` integers, as (outer, n, width)."""
+    if numbers.one() != outer:
+        raise numbers.error(numbers.next - 1, f"not one entry per cascade level ({outer})")
+    inner = numbers.peek(0)
+    if inner < 0:
+        raise numbers.error(numbers.next, f"a vector of {inner} items")
+    table = numbers.take(outer * (1 + inner * width)).reshape(outer, 1 + inner * width)
+    if (table[:, 0] != inner).any():
+        raise numbers.error(numbers.next, "cascade levels of different sizes")
+    return table[:, 1:].reshape(outer, inner, width)
+
+
+def _forests(numbers: _Integers) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The trees of every cascade level, which dlib trains all alike: node pairs, thresholds, leaves.
+
+    A tree is its splits (a count, then idx1, idx2, threshold each) and its leaves (a count, then a
+    float column matrix each), with the nodes stored breadth first.
+    """
+    start = numbers.next
+    levels, splits = numbers.peek(0), numbers.peek(2)
+    leaves = numbers.peek(3 + 4 * splits) if splits > 0 else 0
+    values = abs(numbers.peek(4 + 4 * splits)) * abs(numbers.peek(5 + 4 * splits)) if leaves > 0 else 0
+    if min(levels, numbers.peek(1), splits, values) < 1 or leaves != splits + 1:
+        raise numbers.error(start, "no regression trees, or trees that are not full binary trees")
+    trees = _nested(numbers, levels, 2 + 4 * splits + leaves * (2 + 2 * values))
+    split_block = trees[..., 1 : 1 + 4 * splits].reshape(levels, -1, splits, 4)
+    leaf_block = trees[..., 2 + 4 * splits :].reshape(levels, -1, leaves, 2 + 2 * values)
+    alike = (
+        (trees[..., 0] == splits).all()
+        and (trees[..., 1 + 4 * splits] == leaves).all()
+        and (np.abs(leaf_block[..., 0]) * np.abs(leaf_block[..., 1]) == values).all()
+    )
+    if not alike:
+        raise numbers.error(start, "regression trees of different shapes")
+    return (
+        np.moveaxis(split_block[..., :2].reshape(levels, -1, 2), -1, 1).astype(np.intp),
+        _floats(numbers, split_block[..., 2:], "a split threshold").reshape(levels, -1),
+        _floats(numbers, leaf_block[..., 2:], "a leaf value").reshape(levels, -1, values),
+    )

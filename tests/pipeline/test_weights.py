@@ -1,0 +1,113 @@
+"""Weight downloads through a real HTTP mirror on loopback: cache, mirror, verification, atomicity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from facerec.errors import FacerecError
+from facerec.pipeline.weights import (
+    RECORD_NAME,
+    WeightFile,
+    cache_dir,
+    fetch,
+    load_state_dict,
+    mirrored,
+    recorded_sums,
+)
+from support import SHARED
+from support.mirror import MTCNN_URL_PATH
+
+PNET = SHARED / "weights" / "mtcnn" / "pnet.pt"
+PNET_SHA = "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"
+PNET_URL = "https://github.com" + MTCNN_URL_PATH.format("pnet")
+
+
+def test_cache_dir_follows_torch_home_then_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    assert cache_dir() == tmp_path / "th" / "checkpoints"
+    monkeypatch.delenv("TORCH_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "torch" / "checkpoints"
+
+
+def test_mirror_replaces_scheme_and_host_only(monkeypatch):
+    monkeypatch.setenv("FACEREC_MIRROR", "http://127.0.0.1:8000/")
+    assert mirrored("https://github.com/a/b.pt?x=1") == "http://127.0.0.1:8000/a/b.pt?x=1"
+    monkeypatch.delenv("FACEREC_MIRROR")
+    assert mirrored("https://github.com/a/b.pt") == "https://github.com/a/b.pt"
+
+
+def test_pinned_download_lands_in_cache_and_is_reused(mirror):
+    mirror.serve(MTCNN_URL_PATH.format("pnet"), PNET)
+    path, digest = fetch(WeightFile(PNET_URL, "pnet.pt", PNET_SHA))
+    assert path == cache_dir() / "pnet.pt" and digest == PNET_SHA
+    assert path.read_bytes() == PNET.read_bytes()
+    fetch(WeightFile(PNET_URL, "pnet.pt", PNET_SHA))
+    assert mirror.requests == [MTCNN_URL_PATH.format("pnet")]  # the second fetch came from the cache
+
+
+def test_pinned_mismatch_is_refused_and_nothing_is_left(mirror):
+    mirror.serve(MTCNN_URL_PATH.format("pnet"), PNET)
+    with pytest.raises(FacerecError, match="SHA-256"):
+        fetch(WeightFile(PNET_URL, "pnet.pt", "0" * 64))
+    assert list(cache_dir().iterdir()) == []
+
+
+def test_unpinned_sha_is_recorded_then_checked_on_every_load(mirror):
+    mirror.serve(MTCNN_URL_PATH.format("pnet"), PNET)
+    weight = WeightFile(PNET_URL, "pnet.pt")
+    path, digest = fetch(weight)
+    assert recorded_sums(cache_dir()) == {"pnet.pt": digest}
+    path.write_bytes(path.read_bytes() + b"tampered")
+    with pytest.raises(FacerecError, match="expected"):
+        fetch(weight)
+
+
+def test_user_pin_in_record_file_is_honoured(mirror):
+    mirror.serve(MTCNN_URL_PATH.format("pnet"), PNET)
+    cache_dir().mkdir(parents=True)
+    (cache_dir() / RECORD_NAME).write_text(f"{'1' * 64}  pnet.pt\n")
+    with pytest.raises(FacerecError, match="expected 1111"):
+        fetch(WeightFile(PNET_URL, "pnet.pt"))
+
+
+def test_connection_dropped_midway_leaves_no_file(mirror):
+    mirror.serve(MTCNN_URL_PATH.format("pnet"), PNET)
+    mirror.cut_short.add(MTCNN_URL_PATH.format("pnet"))
+    with pytest.raises(FacerecError, match="cannot download"):
+        fetch(WeightFile(PNET_URL, "pnet.pt"))
+    assert not any(cache_dir().iterdir())
+
+
+def test_offline_error_names_url_and_the_ways_out(offline):
+    with pytest.raises(FacerecError) as caught:
+        fetch(WeightFile(PNET_URL, "pnet.pt"))
+    message = str(caught.value)
+    assert "http://127.0.0.1:9/timesler/facenet-pytorch/raw/master/data/pnet.pt" in message
+    assert "--weights" in message and "FACEREC_MIRROR" in message
+    assert "\n" not in message
+
+
+def test_missing_on_mirror_is_http_404(mirror):
+    with pytest.raises(FacerecError, match="HTTP 404"):
+        fetch(WeightFile(PNET_URL, "pnet.pt"))
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_state_dicts_load_without_unpickling_code(tmp_path):
+    tensors = tmp_path / "ok.pt"
+    torch.save({"w": torch.ones(2)}, tensors)
+    assert torch.equal(load_state_dict(tensors)["w"], torch.ones(2))
+    evil = tmp_path / "evil.pt"
+    torch.save({"w": Payload()}, evil)
+    with pytest.raises(FacerecError, match="loads safely"):
+        load_state_dict(evil)
+    not_a_dict = tmp_path / "list.pt"
+    torch.save([torch.ones(1)], not_a_dict)
+    with pytest.raises(FacerecError, match="not a state dict"):
+        load_state_dict(not_a_dict)
