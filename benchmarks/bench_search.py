@@ -33,10 +33,16 @@ what refitting costs. recall@1 before/after: the share of queries whose nearest 
 the rest of a gallery version the store writes on every change: vectors.npy of the faces left, fsync'd,
 and the SHA-256 of every file of the version.
 
+Checks (`--checks`): the head just built is written as a real gallery version (facerec.gallery.local.folder,
+synthetic entries), then opened, page cache warm, best of three, with and without its checks
+(docs/reliability.md#checksums): as a reader opens it to search (the database and the head, each checked
+before it is read), and as a writer opens it to carry it over (the database, every vector and the head);
+"unchecked" does the same reads with nothing checked (SQLite, np.load's mapping, the head's `load`).
+
 Each gallery first waits (up to `--wait` seconds) for the CPUs to go idle; a line under its table says
 how many cores other processes kept busy meanwhile.
 
-    .venv/bin/python benchmarks/bench_search.py [--sizes 10000 100000 1000000] [--dims 512 128]
+    .venv/bin/python benchmarks/bench_search.py [--sizes 10000 100000 1000000] [--dims 512 128] [--checks]
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ import faiss
 import numpy as np
 import torch
 
+from facerec.gallery.local import folder as gallery_folder
+from facerec.gallery.provenance import Provenance
 from facerec.pipeline.weights import sha256_file
 from facerec_plugins.heads.faiss import FaissHead
 
@@ -189,13 +197,13 @@ def exact_nearest(known: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return index.search(queries, 1)[1][:, 0]
 
 
-def bench_size(size: int, dim: int, args) -> tuple[list[dict], list[dict]]:
+def bench_size(size: int, dim: int, args) -> tuple[list[dict], list[dict], list[dict]]:
     known, labels, queries = face_like_gallery(
         size, args.per_identity, args.queries, args.intrinsic_dim, GEOMETRIES[dim]
     )
     truth = exact_nearest(known, queries)
     single = queries[: args.single_queries]
-    rows, removals = [], []
+    rows, removals, checks = [], [], []
 
     scan_queries = single[: max(10, args.single_queries * 10_000 // size)]  # ~1 s a query at 1M
     p50, p99 = latencies_ms(face_recognition_search(known), scan_queries)
@@ -220,6 +228,9 @@ def bench_size(size: int, dim: int, args) -> tuple[list[dict], list[dict]]:
         p50, p99 = latencies_ms(lambda q, head=head: head.search(torch.from_numpy(q), args.k), single)
         qps = batch_qps(lambda q, head=head: head.search(torch.from_numpy(q), args.k), queries, args.batch)
         rows.append(row(size, dim, f"facerec faiss {kind}", build_s, p50, p99, qps, recall, memory))
+        if args.checks:
+            checks.append({"vectors": size, "dims": dim, "method": f"facerec faiss {kind}"})
+            checks[-1].update(bench_checks(head, known, label_names))
         if size >= args.removal_from:
             gallery = Gallery(known, label_names, queries, truth)
             removals.append(
@@ -227,7 +238,69 @@ def bench_size(size: int, dim: int, args) -> tuple[list[dict], list[dict]]:
             )
             removals[-1].update(bench_removal(head, gallery))
         del head
-    return rows, removals
+    return rows, removals, checks
+
+
+def bench_checks(head: FaissHead, vectors: np.ndarray, labels: list[str]) -> dict:
+    """Write `head` and `vectors` as a gallery version, then time opening it with and without checks."""
+    provenance = Provenance(
+        "inception-resnet", None, "0" * 64, None, "mtcnn", embedding_size=vectors.shape[1]
+    )
+    entries = [
+        gallery_folder.Entry(label, f"/photos/{row}.jpg", f"{row:064x}", None, "2026-01-01T00:00:00+00:00")
+        for row, label in enumerate(labels)
+    ]
+    contents = gallery_folder.Contents(provenance, "faiss", dict(head.options), entries, vectors, [])
+    with tempfile.TemporaryDirectory() as temp:
+        path = Path(temp) / "gallery"
+        with gallery_folder.locked(path):
+            start = time.perf_counter()
+            version = gallery_folder.write(path, contents, head)
+            write_s = time.perf_counter() - start
+        folder = path / version
+        sizes = {name: (folder / name).stat().st_size for name in ("gallery.sqlite", "vectors.npy")}
+        head_bytes = sum(f.stat().st_size for f in (folder / "head").iterdir())
+        return {
+            "write_s": write_s,
+            "files_mb": (sum(sizes.values()) + head_bytes) / 2**20,
+            "reader_checked_s": best_of(3, lambda: open_checked(path, writer=False)),
+            "reader_unchecked_s": best_of(3, lambda: open_unchecked(folder, head.options, writer=False)),
+            "writer_checked_s": best_of(3, lambda: open_checked(path, writer=True)),
+            "writer_unchecked_s": best_of(3, lambda: open_unchecked(folder, head.options, writer=True)),
+        }
+
+
+def best_of(times: int, call: Callable[[], object]) -> float:
+    call()  # the page cache warm, as for a gallery in use
+    return min(timed(call) for _ in range(times))
+
+
+def open_checked(path: Path, writer: bool) -> None:
+    """What a reader (read + load_head) or a writer (recover, every vector, the head) does to open."""
+    if writer:
+        snapshot, problem = gallery_folder.recover(path)
+        assert problem is None, problem
+        np.asarray(snapshot.vectors(range(len(snapshot))))  # a write copies the rows it keeps
+    else:
+        snapshot = gallery_folder.read(path)
+    snapshot.load_head()
+    snapshot.close()
+
+
+def open_unchecked(folder: Path, options: dict, writer: bool) -> None:
+    """The same reads with nothing checked."""
+    import sqlite3
+
+    db = sqlite3.connect(
+        f"{folder.joinpath('gallery.sqlite').resolve().as_uri()}?mode=ro&immutable=1", uri=True
+    )
+    dict(db.execute("SELECT key, value FROM meta"))
+    count = db.execute("SELECT count(*) FROM entries").fetchone()[0]
+    if writer:
+        matrix = np.load(folder / "vectors.npy", mmap_mode="r", allow_pickle=False)
+        np.asarray(matrix[np.arange(count)])
+    FaissHead(**options).load(folder / "head")
+    db.close()
 
 
 @dataclass(frozen=True)
@@ -354,6 +427,25 @@ def removal_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def checks_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| vectors | dims | method | files (MB) | write (s) | reader open, checked (s) | unchecked (s) | cost "
+        "| writer open, checked (s) | unchecked (s) | cost |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        reader = r["reader_checked_s"] - r["reader_unchecked_s"]
+        writer = r["writer_checked_s"] - r["writer_unchecked_s"]
+        lines.append(
+            f"| {r['vectors']:,} | {r['dims']} | {r['method']} | {r['files_mb']:,.0f} | {r['write_s']:.2f} "
+            f"| {r['reader_checked_s']:.3f} | {r['reader_unchecked_s']:.3f} "
+            f"| +{reader:.3f} s ({reader / r['reader_unchecked_s']:+.0%}) "
+            f"| {r['writer_checked_s']:.3f} | {r['writer_unchecked_s']:.3f} "
+            f"| +{writer:.3f} s ({writer / r['writer_unchecked_s']:+.0%}) |"
+        )
+    return "\n".join(lines)
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -376,6 +468,9 @@ def main() -> None:
     parser.add_argument(
         "--removal-from", type=int, default=100_000, help="smallest gallery to time removal on"
     )
+    parser.add_argument(
+        "--checks", action="store_true", help="also time opening each head's gallery with and without checks"
+    )
     args = parser.parse_args()
     args.head_options = {
         name: value
@@ -386,18 +481,21 @@ def main() -> None:
         f"faiss {faiss.__version__}, numpy {np.__version__}, {faiss.omp_get_max_threads()} threads, "
         f"intrinsic dimension {args.intrinsic_dim}, {args.per_identity} photos per identity"
     )
-    rows, removals = [], []
+    rows, removals, checks = [], [], []
     for size in args.sizes:
         for dim in args.dims:
             wait_for_idle(args.wait)
             busy, ours, started = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
-            searched, removed = bench_size(size, dim, args)
+            searched, removed, checked = bench_size(size, dim, args)
             rows.extend(searched)
             removals.extend(removed)
+            checks.extend(checked)
             others = (busy_cpu_seconds() - busy) - (own_cpu_seconds() - ours)
             print(markdown(rows), flush=True)
             if removals:
                 print(removal_markdown(removals), flush=True)
+            if checks:
+                print(checks_markdown(checks), flush=True)
             print(
                 f"{size:,} x {dim}-d: other processes kept {max(others, 0.0) / (time.perf_counter() - started):.2f} "
                 "cores busy",

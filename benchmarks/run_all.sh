@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
-for bench in embed detect search milvus index train dlib serve; do
+for bench in embed detect search milvus index train dlib serve memory video; do
   echo "## $bench"
   .venv/bin/python "benchmarks/bench_$bench.py"
   echo

@@ -10,9 +10,9 @@ faces = gallery.identify("photo.jpg")  # [Identification(face, identity, distanc
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facerec import defaults
 from facerec.gallery.enroll import IndexReport, Note, index_folder, repair_gallery
@@ -20,6 +20,9 @@ from facerec.gallery.identify import Identification, IdentifiedImage, Identifier
 from facerec.gallery.models import ModelRequest
 from facerec.gallery.stores import open_store
 from facerec.pipeline.images import ImageError
+
+if TYPE_CHECKING:
+    from facerec.video.follow import Following, TrackReport
 
 
 class Gallery:
@@ -84,11 +87,46 @@ class Gallery:
         `models` may name the models explicitly (as ModelRequest fields); they must be the gallery's.
         """
         check_threshold(threshold)
+        return self._identified(models).run(images, threshold, top_k)
+
+    def follow(
+        self,
+        source: str | os.PathLike,
+        *,
+        threshold: float | None = None,
+        top_k: int = defaults.TOP_K,
+        stride: int | None = None,
+        live: bool | None = None,
+        stop: Callable[[], bool] | None = None,
+        **models: Any,
+    ) -> Following:
+        """The faces of a video file, stream or camera (`/dev/video0`, `rtsp://...`), as `facerec identify
+        clip.mp4` and `facerec watch` see them: one FrameReport per frame, in order, and a TrackReport
+        when a track ends (and, live, when a track's name changes). `stride`: detect every so many
+        frames (None: as fast as keeps up). `stop`: polled once a frame; when it says True, reading
+        ends and the open tracks are reported. The result's `source` says how reading went (dropped
+        frames, damage). FacerecError when the source cannot be opened."""
+        from facerec.video.follow import Follower
+        from facerec.video.source import open_source
+
+        check_threshold(threshold)
+        follower = Follower(self._identified(models), threshold, top_k, stride)
+        return follower.follow(open_source(os.fspath(source), live=live), stop)
+
+    def tracks(self, source: str | os.PathLike, **options: Any) -> Iterator[TrackReport]:
+        """The tracks of a video as they end (see `follow`, which takes the same options)."""
+        from facerec.video.follow import TrackReport
+
+        return (event for event in self.follow(source, **options) if isinstance(event, TrackReport))
+
+    def _identified(self, models: dict[str, Any]) -> Identifier:
+        """The identifier for `models` (the gallery's own when none are named), made once and kept up
+        to date with the gallery's versions."""
         if self._identifier is None or models:
             self._identifier = Identifier(self.store, ModelRequest(device=self.device, **models))
         else:
             self._identifier.refresh()
-        return self._identifier.run(images, threshold, top_k)
+        return self._identifier
 
     def identities(self) -> dict[str, int]:
         """Enrolled faces per identity; empty when nothing was enrolled yet."""

@@ -14,6 +14,7 @@ DETECTOR = "mtcnn"
 HEAD = "faiss"
 PRECISION = "fp32"
 TOP_K = 3  # candidates `identify` lists per face
+DETECTION_PIXELS = 4_000_000  # the working size of a detector that declares none (see Detector.max_pixels)
 GALLERY = Path(".facerec") / "gallery"  # under the working directory
 GALLERY_VARIABLE = "FACEREC_GALLERY"
 

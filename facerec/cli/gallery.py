@@ -36,6 +36,7 @@ def command(gallery, as_json, repair):
         raise FacerecError(f"{gallery}: no gallery here; run `facerec index DIR` first or pass --gallery")
     try:
         identities = snapshot.identities()
+        unnamed = identities.pop("", 0)  # clustered faces of people nobody named (`facerec people`)
         if as_json:
             for name, count in identities.items():
                 echo_json({"identity": name, "faces": count})
@@ -44,6 +45,8 @@ def command(gallery, as_json, repair):
         click.echo(f"models    {snapshot.provenance.describe()}")
         click.echo(f"head      {snapshot.head_name} {snapshot.head_options}")
         click.echo(f"faces     {sum(identities.values())} of {len(identities)} identities")
+        if unnamed:
+            click.echo(f"          and {unnamed} clustered faces of people not named yet (facerec people)")
         width = max((len(name) for name in identities), default=0)
         for name, count in identities.items():
             click.echo(f"  {name:<{width}}  {count}")

@@ -1,7 +1,8 @@
-"""`facerec identify IMAGE...`: who is in each photo, by the gallery."""
+"""`facerec identify IMAGE...`: who is in each photo and each video, by the gallery."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from facerec.cli.options import (
     gallery_option,
     precision_option,
 )
+from facerec.cli.video import per_frame_option, stride_option
 from facerec.gallery.identify import IdentifiedImage
 
 UNKNOWN = "unknown"
@@ -37,30 +39,50 @@ UNKNOWN = "unknown"
 @click.option(
     "--top-k", type=click.IntRange(min=1), default=defaults.TOP_K, show_default=True, help="Candidates."
 )
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per image.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per image (per video track)."
+)
 @click.option(
     "--annotate",
     type=click.Path(file_okay=False, path_type=Path),
     metavar="OUTDIR",
-    help="Write each photo with boxes and names drawn into OUTDIR.",
+    help="Write each photo (each video, as OUTDIR/NAME.mp4) with boxes and names drawn into OUTDIR.",
 )
+@stride_option
+@per_frame_option
 @backbone_options
 @precision_option
 @detector_options
 @aligner_options
 @click.pass_context
-def command(ctx, images, gallery, threshold, top_k, as_json, annotate, device, **_models):
-    """Identify every face in IMAGES against the gallery.
+def command(ctx, images, gallery, threshold, top_k, as_json, annotate, stride, per_frame, device, **_models):
+    """Identify every face in IMAGES (photos and videos, told apart by their content) against the gallery.
 
     The gallery's own models embed the faces (no model options needed); model options, when given,
-    must be the gallery's, and anything else is refused. An image that cannot be read is named on
-    stderr and the others are still answered; the exit status is then 1, at the end.
+    must be the gallery's, and anything else is refused. In a video, faces are tracked and each track
+    is named once from its best views: --json prints one object per track (--per-frame: per frame). An
+    image or video that cannot be read is named on stderr and the others are still answered; the exit
+    status is then 1, at the end.
     """
     from facerec.api import open_gallery
+    from facerec.cli.video import show_video
+    from facerec.video.source import is_video
 
     found = open_gallery(gallery, device)
-    results = found.identify_all(images, threshold=threshold, top_k=top_k, **explicit_models(ctx))
-    if show(results, images, found.identities(), as_json, annotate):
+    models = explicit_models(ctx)
+    failed = 0
+    for video, group in itertools.groupby(images, key=is_video):
+        if not video:
+            photos = tuple(group)
+            results = found.identify_all(photos, threshold=threshold, top_k=top_k, **models)
+            failed += show(results, photos, found.identities(), as_json, annotate)
+            continue
+        for clip in group:
+            options = {"threshold": threshold, "top_k": top_k, "stride": stride, **models}
+            failed += not show_video(
+                found, clip, as_json=as_json, per_frame=per_frame, annotate=annotate, **options
+            )
+    if failed:
         raise click.exceptions.Exit(1)
 
 

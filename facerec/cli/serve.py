@@ -57,6 +57,36 @@ from facerec.cli.options import (
     help="Image requests processed or waiting at once; one more is answered 503.",
 )
 @click.option(
+    "--read-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds a request body may go without a byte (408 beyond); it must also average 64 kB/s "
+    "beyond its first --read-timeout seconds.",
+)
+@click.option(
+    "--max-uploads",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Request bodies being received at once; one more is answered 503.",
+)
+@click.option(
+    "--max-pixels-in-flight",
+    type=click.IntRange(min=1),
+    default=200_000_000,
+    show_default=True,
+    help="Decoded pixels of the images being decoded and detected at once; a larger image is answered "
+    "413, one that does not fit beside the others waits (--pixel-wait), then 503.",
+)
+@click.option(
+    "--pixel-wait",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds an image waits for room in --max-pixels-in-flight before 503 (0: none).",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     help="Threads decoding and detecting images [default: one per CPU core].",
@@ -76,6 +106,10 @@ def command(
     max_batch,
     batch_wait_ms,
     max_queue,
+    read_timeout,
+    max_uploads,
+    max_pixels_in_flight,
+    pixel_wait,
     workers,
     device,
     **_models,
@@ -99,7 +133,16 @@ def command(
     from facerec.service.app import Settings
     from facerec.service.server import bind, open_service, run
 
-    settings = Settings(gallery, keys, upload_limit, max_queue)
+    settings = Settings(
+        gallery,
+        keys,
+        max_upload=upload_limit,
+        max_queue=max_queue,
+        read_timeout=read_timeout,
+        max_uploads=max_uploads,
+        max_pixels=max_pixels_in_flight,
+        pixel_wait=pixel_wait,
+    )
     request = ModelRequest(device=device, **explicit_models(ctx))
     service = open_service(settings, request, max_batch, batch_wait_ms / 1000, workers)
     run(service, bind(host, port))

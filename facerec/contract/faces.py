@@ -24,6 +24,13 @@ class Face:
         x1, y1, x2, y2 = self.box
         return max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
 
+    def scaled(self, sx: float, sy: float) -> Face:
+        """This face with its box and landmarks multiplied by (sx, sy): from a resized image's pixels
+        to the original's."""
+        x1, y1, x2, y2 = self.box
+        landmarks = None if self.landmarks is None else tuple((x * sx, y * sy) for x, y in self.landmarks)
+        return Face((x1 * sx, y1 * sy, x2 * sx, y2 * sy), self.score, landmarks)
+
     def to_json(self) -> dict:
         """The FACE object of the JSON output (docs: README, "Usage"): box, score and landmarks as plain floats."""
         return {

@@ -117,6 +117,10 @@ class Detector(Protocol):
     A detector whose faces are already aligned pictures (the `none` detector: the image is the face)
     sets the class attribute `aligned = True`; the pipeline then resizes the picture to the backbone's
     input size instead of running the aligner. Absent, it is False.
+
+    `max_pixels` (attribute or property, optional) is the largest image the detector looks at: the
+    pipeline scales larger ones down for detection and maps the faces back to the original's pixels, so
+    memory stays bounded for any photo (None: no bound; absent: facerec.defaults.DETECTION_PIXELS).
     """
 
     settings: Mapping[str, Any]  # JSON-able; recorded in galleries so identify detects the same way

@@ -13,9 +13,12 @@ Under torchrun, process 0 does all of this and the embedding is shared out among
 A damaged gallery is rebuilt on the way (facerec.gallery.repair): the head from the vectors, the vectors from
 the photos still there, CURRENT from the newest readable version. `repair_gallery` does only that.
 
-The scan names every path it skips, with why: hidden names, FIFOs and other files that are not regular
-(never opened: a FIFO would block), broken links, and symbolic links that lead back into the dataset or
-into a loop, which are never followed (a `loopdir -> .` would enroll everyone again under `loopdir`).
+An identity is its folder's name in NFC, under the rule `facerec serve` applies to names too
+(facerec.gallery.names). The scan names every path it skips, with why: hidden names, folders whose name
+that rule refuses (control or bidirectional control characters, say), FIFOs and other files that are
+not regular (never opened: a FIFO would block), broken links, and symbolic links that lead back into the
+dataset or into a loop, which are never followed (a `loopdir -> .` would enroll everyone again under
+`loopdir`).
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from facerec.contract.registry import registry
 from facerec.errors import FacerecError, UsageError
 from facerec.gallery import spread
 from facerec.gallery.models import ModelRequest, check_request, open_pipeline
+from facerec.gallery.names import NameRefused, identity_name
 from facerec.gallery.provenance import Provenance
-from facerec.gallery.records import Change, Entry, Skipped, now
+from facerec.gallery.records import Change, Entry, Skipped, at_moment, now
 from facerec.gallery.repair import Base, open_base
 from facerec.gallery.stores import open_store
 from facerec.pipeline.images import path_problem
@@ -107,8 +111,13 @@ def scan(folder: Path, note: Note) -> list[FoundImage]:
             if child.suffix.lower() in Image.registered_extensions():  # a README or the like is no matter
                 note(f"{child}: not inside an identity folder (DIR/<identity>/<image>), skipped")
             continue
+        try:
+            identity = identity_name(child.name)
+        except NameRefused as refused:
+            note(f"{str(child)!r}: not an identity name ({refused.reason}), skipped")
+            continue
         for path in _files(child, root, {root, os.path.realpath(child)}, note):
-            image = _found(child.name, path, note)
+            image = _found(identity, path, note)
             if image is not None:
                 found.append(image)
     return found
@@ -163,7 +172,7 @@ def _link_reason(path: Path, root: str, ancestors: set[str]) -> str | None:
 def _found(identity: str, path: Path, note: Note) -> FoundImage | None:
     """The image at `path`, hashed; None (and a note) when its name or bytes cannot be read."""
     try:
-        identity.encode("utf-8"), str(path).encode("utf-8")
+        str(path).encode("utf-8")
     except UnicodeEncodeError:
         note(f"{path!r}: file name is not valid UTF-8, skipped")
         return None
@@ -181,31 +190,36 @@ def plan(folder: Path | None, found: list[FoundImage], base: Base) -> Plan:
     old = base.entries()
     old_skipped = {s.source: s for s in base.skipped()}
     here = {image.source: image for image in found}
-    by_content = {}
+    by_content: dict[str, list[int]] = {}  # a video enrolled several faces: all of its rows
     for row, entry in enumerate(old):
-        by_content.setdefault(entry.sha256, row)
+        by_content.setdefault(entry.sha256, []).append(row)
+    rebuilt = {entry.file for entry in base.rebuild}
     for row, entry in enumerate(old):
-        image = here.get(entry.source)
-        if image is not None and image.sha256 == entry.sha256:
+        image = here.get(entry.file)
+        if entry.file in rebuilt:  # a video that lost some of its rows is enrolled again whole
+            continue
+        if image is not None and image.sha256 == entry.sha256 and image.identity == entry.identity:
             result.keep.append(row)
             result.unchanged += 1
         elif image is not None or _inside(entry.source, folder):
             result.removed += 1
         else:
             result.keep.append(row)
-    kept_sources = {old[row].source for row in result.keep}
+    kept_sources = {old[row].file for row in result.keep}
     for image in found:
         before = old_skipped.get(image.source)
         if image.source in kept_sources:
             continue
         if image.sha256 in by_content:
-            result.reuse.append((image, by_content[image.sha256]))
+            first = old[by_content[image.sha256][0]].file  # the rows of one file, not of every copy
+            result.reuse += [(image, row) for row in by_content[image.sha256] if old[row].file == first]
         elif before is not None and before.sha256 == image.sha256:
             result.skipped.append(before)
         else:
             result.embed.append(image)
     result.skipped += [s for s in old_skipped.values() if not _inside(s.source, folder)]
-    result.embed += [FoundImage(entry.identity, entry.source, entry.sha256) for entry in base.rebuild]
+    lost = {entry.file: FoundImage(entry.identity, entry.file, entry.sha256) for entry in base.rebuild}
+    result.embed += list(lost.values())  # a video with lost rows is enrolled again whole
     return result
 
 
@@ -290,7 +304,7 @@ def _index(
     skipped = steps.skipped + new_skipped
     report = IndexReport(
         gallery,
-        embedded=len(entries),
+        embedded=len(steps.embed) - len(new_skipped),
         reused=len(steps.reuse),
         unchanged=steps.unchanged,
         removed=steps.removed,
@@ -343,7 +357,7 @@ def _help(store: Store, team: spread.Team, request: ModelRequest, progress: bool
     return report
 
 
-Outcome = tuple[Entry, np.ndarray] | Skipped
+Outcome = list[tuple[Entry, np.ndarray]] | Skipped  # per image: its enrolled faces (a video has several)
 
 
 def _embed_share(
@@ -365,10 +379,13 @@ def _embed_share(
 
 
 def _outcomes_json(rows: list[int], outcomes: list[Outcome]) -> dict[str, Any]:
-    faces = [o for o in outcomes if not isinstance(o, Skipped)]
+    faces = [face for o in outcomes if not isinstance(o, Skipped) for face in o]
     return {
         "rows": rows,
-        "outcomes": [asdict(o) if isinstance(o, Skipped) else {"entry": asdict(o[0])} for o in outcomes],
+        "outcomes": [
+            asdict(o) if isinstance(o, Skipped) else {"entries": [asdict(entry) for entry, _ in o]}
+            for o in outcomes
+        ],
         "vectors": spread.pack_vectors([vector for _, vector in faces]),
     }
 
@@ -377,39 +394,92 @@ def _outcomes_from_json(share: dict[str, Any], width: int) -> dict[int, Outcome]
     vectors = iter(spread.unpack_vectors(share["vectors"], width))
     found: dict[int, Outcome] = {}
     for row, outcome in zip(share["rows"], share["outcomes"], strict=True):
-        if "entry" in outcome:
-            record = outcome["entry"]
-            box = None if record["box"] is None else tuple(record["box"])
-            found[row] = (Entry(**{**record, "box": box}), next(vectors))
+        if "entries" in outcome:
+            found[row] = [
+                (
+                    Entry(**{**record, "box": None if record["box"] is None else tuple(record["box"])}),
+                    next(vectors),
+                )
+                for record in outcome["entries"]
+            ]
         else:
             found[row] = Skipped(**outcome)
     return found
 
 
 def _split(outcomes: list[Outcome]) -> tuple[list[Entry], list[np.ndarray], list[Skipped]]:
-    entries = [o[0] for o in outcomes if not isinstance(o, Skipped)]
-    vectors = [o[1] for o in outcomes if not isinstance(o, Skipped)]
-    return entries, vectors, [o for o in outcomes if isinstance(o, Skipped)]
+    faces = [face for o in outcomes if not isinstance(o, Skipped) for face in o]
+    return (
+        [entry for entry, _ in faces],
+        [vector for _, vector in faces],
+        [o for o in outcomes if isinstance(o, Skipped)],
+    )
 
 
 def _embed(pipeline, images: list[FoundImage], progress: bool, note: Note) -> list[Outcome]:
-    """Detect and embed `images`: the largest face of each; images without one are skipped."""
+    """Detect and embed `images`: the largest face of each photo, the best views of each video's main
+    face (facerec.video.enroll); images without a face are skipped."""
+    from facerec.video.source import is_video
+
+    videos = {row for row, image in enumerate(images) if is_video(image.source)}
+    photos = iter(pipeline.run(image.source for row, image in enumerate(images) if row not in videos))
     outcomes: list[Outcome] = []
-    results = pipeline.run(image.source for image in images)
     with tqdm(total=len(images), unit="image", disable=not progress, file=sys.stderr) as bar:
-        for image, result in zip(images, results, strict=True):
-            reason = result.error or (NO_FACE if not result.faces else None)
+        for row, image in enumerate(images):
+            found, reason = (
+                _video_faces(pipeline, image, note)
+                if row in videos
+                else _photo_face(next(photos), image, note)
+            )
             if reason is not None:
                 note(f"{image.source}: {reason}, skipped")
                 outcomes.append(Skipped(image.source, image.sha256, reason))
             else:
-                if len(result.faces) > 1:
-                    note(f"{image.source}: {len(result.faces)} faces, enrolled the largest")
-                box = tuple(float(v) for v in result.faces[0].box)
-                entry = Entry(image.identity, image.source, image.sha256, box, now())
-                outcomes.append((entry, result.embeddings[0].numpy()))
+                outcomes.append(found)
             bar.update()
     return outcomes
+
+
+def _photo_face(result, image: FoundImage, note: Note) -> tuple[list[tuple[Entry, np.ndarray]], str | None]:
+    reason = result.error or (NO_FACE if not result.faces else None)
+    if reason is not None:
+        return [], reason
+    if len(result.faces) > 1:
+        note(f"{image.source}: {len(result.faces)} faces, enrolled the largest")
+    box = tuple(float(v) for v in result.faces[0].box)
+    return [
+        (Entry(image.identity, image.source, image.sha256, box, now()), result.embeddings[0].numpy())
+    ], None
+
+
+def _video_faces(
+    pipeline, image: FoundImage, note: Note
+) -> tuple[list[tuple[Entry, np.ndarray]], str | None]:
+    from facerec.video.enroll import best_views
+
+    try:
+        views, problem = best_views(pipeline, image.source)
+    except FacerecError as error:
+        return [], str(error).removeprefix(f"{image.source}: ")
+    if problem is not None:
+        note(problem)
+    if not views:
+        return [], NO_FACE
+    note(f"{image.source}: a video, enrolled {len(views)} views of its main face")
+    made = now()
+    return [
+        (
+            Entry(
+                image.identity,
+                at_moment(image.source, moment),
+                image.sha256,
+                tuple(map(float, face.box)),
+                made,
+            ),
+            vector.numpy(),
+        )
+        for face, moment, vector in views
+    ], None
 
 
 def _change(base: Base, provenance, head, head_options, steps: Plan, entries, vectors, skipped) -> Change:
@@ -417,7 +487,9 @@ def _change(base: Base, provenance, head, head_options, steps: Plan, entries, ve
     width = provenance.embedding_size
     old_entries = base.entries()
     reused = [
-        Entry(image.identity, image.source, image.sha256, old_entries[row].box, now())
+        Entry(
+            image.identity, image.source + old_entries[row].moment, image.sha256, old_entries[row].box, now()
+        )
         for image, row in steps.reuse
     ]
     parts = [base.vectors([row for _, row in steps.reuse], width)]

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from facerec.contract.parts import GalleryState, Head, Store
 
 
-
 @dataclass(frozen=True)
 class Identification:
     """One face of a photo: who it is (None beyond the threshold), how far, and the nearest candidates."""
@@ -94,7 +93,7 @@ class Identifier:
             if result.error is not None:
                 yield IdentifiedImage(result.path, error=result.error)
                 continue
-            found = self.head.search(result.embeddings, top_k) if result.faces else []
+            found = named_candidates(self.head, result.embeddings, top_k) if result.faces else []
             yield IdentifiedImage(
                 result.path,
                 [
@@ -114,6 +113,13 @@ class Identifier:
                 f"{self.gallery}: the gallery's weights declare no same-person distance; pass --threshold"
             )
         return found
+
+
+def named_candidates(head: Head, vectors: Any, top_k: int) -> list[list[tuple[str, float]]]:
+    """The head's top-k identities for each vector, leaving out the empty identity: clustered faces of
+    people nobody named yet (facerec.people), which `identify` never answers."""
+    found = head.search(vectors, top_k + 1)
+    return [[(name, distance) for name, distance in candidates if name][:top_k] for candidates in found]
 
 
 def check_threshold(threshold: float | None) -> None:

@@ -1,7 +1,9 @@
 """Building again exactly the models that made a gallery's vectors, and refusing what cannot match.
 
 Options a user gives explicitly (`ModelRequest`) must agree with the gallery's record (`Provenance`);
-anything else is refused with one line that says what differs, before any model loads.
+anything else is refused with one line that says what differs, before any model loads. An int8 gallery
+is also searched with the very int8 network that made its vectors, which only loading it can tell
+(facerec.pipeline.precision).
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def open_pipeline(
         calibration=request.calibration,
     )
     loaded = pipeline.backbone
+    network = _int8_network(recorded, pipeline, gallery)
     made = Provenance(
         backbone=loaded.name,
         pretrained=loaded.pretrained,
@@ -109,10 +112,45 @@ def open_pipeline(
         embedding_size=loaded.plugin.embedding_size,
         threshold=loaded.threshold,
         precision=loaded.precision,
+        int8_network=network,
     )
     if recorded is not None and not recorded.same_vectors(made):
         raise mismatch(gallery, recorded, made.describe())
     return pipeline, made
+
+
+def _int8_network(recorded: Provenance | None, pipeline: Pipeline, gallery: Path) -> dict[str, Any] | None:
+    """The identity of the pipeline's int8 network (None at fp32), built now (from its cache, or
+    calibrated). For a gallery that recorded its network, that very one: a cache that is gone or damaged
+    is calibrated again on the gallery's calibration photos when they are still there (the same network,
+    on the same kind of CPU), and any other network is refused in one line, since its vectors would not
+    match the gallery's."""
+    from facerec.pipeline.precision import INT8, cache_path, faces_of_photos, identity, recorded_photos
+
+    loaded = pipeline.backbone
+    if loaded.precision != INT8:
+        return None
+    wanted = recorded.int8_network if recorded is not None else None
+    photos = recorded_photos(wanted["calibration"]) if wanted is not None else None
+    if photos is not None:
+        loaded.calibration = lambda: faces_of_photos(
+            pipeline.detector, pipeline.aligner, pipeline.recipe, photos, gallery
+        )
+    found = identity(loaded.inference)
+    if wanted is None or found["xxh3_128"] == wanted["xxh3_128"]:
+        return found
+    cache = cache_path(loaded, pipeline.recipe)
+    if [p["sha256"] for p in found["calibration"]] == [p["sha256"] for p in wanted["calibration"]]:
+        advice = "calibrating on the gallery's own photos gives another network on this machine"
+    elif photos is not None:
+        advice = f"delete {cache} to calibrate it again on the gallery's {len(photos)} calibration photos"
+    else:
+        advice = "the gallery's calibration photos are gone or changed; put back the cache file that made it"
+    raise FacerecError(
+        f"{gallery}: its vectors were made by the int8 network {wanted['xxh3_128'][:12]}, but {cache} holds "
+        f"another ({found['xxh3_128'][:12]}, calibrated on {len(found['calibration'])} photos); {advice}, "
+        "or index the photos into a new --gallery"
+    )
 
 
 def _choose(*values: Any) -> Any:

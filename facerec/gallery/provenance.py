@@ -24,7 +24,10 @@ class Provenance:
     and its options, mean, std, channels). `threshold` is the same-person distance of the weights, the
     default of `identify`; it does not change the vectors. `precision` is the backbone's arithmetic
     (facerec.pipeline.precision: fp32, or int8 for its calibrated quantized network); galleries written before it
-    was recorded were made in fp32.
+    was recorded were made in fp32. `int8_network` says which int8 network made the vectors (the
+    checksum of its cached file, `xxh3_128`, and the photos it was calibrated on, `calibration`): two
+    calibrations of the same weights on other photos are other networks, whose vectors differ; None for
+    fp32, and for int8 galleries written before it was recorded (their network cannot be checked).
     """
 
     backbone: str
@@ -37,6 +40,7 @@ class Provenance:
     embedding_size: int = 512
     threshold: float | None = None
     precision: str = defaults.PRECISION
+    int8_network: dict[str, Any] | None = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Provenance:
@@ -61,6 +65,8 @@ class Provenance:
         weights = self.weights_file or self.pretrained
         digest = f", sha256 {self.weights_sha256[:12]}" if self.weights_sha256 else ""
         precision = f", precision {self.precision}" if self.precision != "fp32" else ""
+        if self.int8_network is not None:
+            precision += f" (int8 network {self.int8_network['xxh3_128'][:12]})"
         return (
             f"{self.backbone} with weights {weights}{digest}{precision}, detector {self.detector}, "
             f"aligner {describe_aligner(self.recipe)}"
@@ -68,9 +74,11 @@ class Provenance:
 
     def same_vectors(self, other: Provenance) -> bool:
         """Whether `other` makes vectors comparable with these (where the weights file lives, and the
-        threshold, are no matter)."""
-        ignored = {"weights_file": None, "pretrained": None, "threshold": None}
-        return replace(self, **ignored) == replace(other, **ignored)
+        threshold, are no matter; nor where the int8 calibration photos lie). An int8 network recorded
+        by one side only cannot be compared: the other was written before networks were recorded."""
+        ignored = {"weights_file": None, "pretrained": None, "threshold": None, "int8_network": None}
+        networks = [p.int8_network["xxh3_128"] for p in (self, other) if p.int8_network is not None]
+        return replace(self, **ignored) == replace(other, **ignored) and len(set(networks)) <= 1
 
 
 def same_person_distance(recorded: Provenance | None, made: Provenance) -> float | None:

@@ -2,11 +2,13 @@
 
 `facerec index` and `facerec gallery --repair` start every write from `open_base`: the newest version
 whose entries can be read (the store's `recover`; for the local store CURRENT's version, else the newest
-older one). Its vectors
-are used when intact; when they are not, every entry is embedded again from its photo if the photo is
-still there with the bytes it had, and named as lost if not. Its head is used when it and the vectors
-are intact, else fitted again on the vectors. The write that follows is a new, intact current version:
-nothing enrolled whose photo is still on disk is lost.
+older one), every file a write carries over checked. Its vectors are used when intact; when they are
+not, every entry is embedded again from its photo if the photo is still there with the bytes it had,
+and named as lost if not. When only some rows are damaged (the local store checks vectors.npy by blocks
+of 1 MiB), the store's state leaves them out (`dropped`) and only those entries are embedded again. Its
+head is used when it and the vectors are intact, else fitted again on the vectors. The write that
+follows is a new, intact current version: nothing enrolled whose photo is still on disk is lost, and
+nothing damaged is copied into it.
 """
 
 from __future__ import annotations
@@ -62,8 +64,11 @@ class Base:
 
     def describe(self, gallery: str) -> str:
         """One line: what is wrong, and what the write will rebuild."""
+        dropped = len(getattr(self.snapshot, "dropped", ()))
         if not self.vectors_usable:
             work = "embedding the enrolled photos again and fitting the head"
+        elif dropped:
+            work = f"embedding the photos of those {dropped} faces again and fitting the head"
         else:
             work = (
                 "fitting the head again on the vectors"
@@ -93,8 +98,9 @@ def open_base(store: Store, folder: Path | None, full: bool = False) -> Base:
     """
     snapshot, problem = store.recover(full)
     base = Base(snapshot, problem)
-    if snapshot is not None and not base.vectors_usable:
-        for entry in snapshot.entries():
+    if snapshot is not None:
+        damaged = snapshot.entries() if not base.vectors_usable else getattr(snapshot, "dropped", [])
+        for entry in damaged:
             if folder is None or not Path(entry.source).is_relative_to(folder):
                 (base.rebuild if _unchanged(entry) else base.lost).append(entry)
     return base
@@ -103,6 +109,6 @@ def open_base(store: Store, folder: Path | None, full: bool = False) -> Base:
 def _unchanged(entry: Entry) -> bool:
     """Whether the entry's photo is still there with the bytes it was enrolled from."""
     try:
-        return path_problem(entry.source) is None and sha256_file(Path(entry.source)) == entry.sha256
+        return path_problem(entry.file) is None and sha256_file(Path(entry.file)) == entry.sha256
     except OSError:  # unreadable now: as good as gone
         return False

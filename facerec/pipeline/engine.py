@@ -9,6 +9,7 @@ and the standardization; `Pipeline` streams image paths through load -> detect -
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,6 +40,7 @@ from facerec.pipeline.standardize import standardize_pictures
 from facerec.pipeline.weights import fetch, load_state_dict, sha256_file
 
 NO_WEIGHTS = "none"
+UNIT_TOLERANCE = 1e-3  # int8 and bf16 embeddings are normalized in float32 too
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -106,9 +108,24 @@ class LoadedBackbone:
         return default_threshold(self.plugin, self.pretrained)
 
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
-        """Unit embeddings (N, D) on the CPU of standardized faces (N, 3, S, S)."""
+        """Unit embeddings (N, D) on the CPU of standardized faces (N, 3, S, S).
+
+        A vector that is not of unit length (all zeros, or not finite) is refused: it comes from weights
+        that do not work (random or damaged ones), and searched or enrolled it would answer nonsense
+        with exit 0.
+        """
         with torch.inference_mode():
-            return self.inference(faces.to(self.device)).float().cpu()
+            vectors = self.inference(faces.to(self.device)).float().cpu()
+        norms = vectors.norm(dim=1)
+        bad = ~torch.isfinite(norms) | ((norms - 1).abs() > UNIT_TOLERANCE)
+        if bad.any():
+            weights = f"weights {self.pretrained}" if self.pretrained else "the --weights file"
+            digest = f" (sha256 {self.weights_sha256[:12]})" if self.weights_sha256 else ""
+            raise FacerecError(
+                f"backbone '{self.name}' with {weights}{digest} gave an embedding of length "
+                f"{norms[bad][0].item():.3g}, not 1: these weights do not work"
+            )
+        return vectors
 
 
 def _state_dict_for(plugin: Backbone, name: str, pretrained: str | None, weights: Path | None):
@@ -235,27 +252,67 @@ class Pipeline:
                 images[index] = load_image(result.path)
             except ImageError as error:
                 result.error = error.reason
-        detections = self.detector.detect(list(images.values())) if images else []
-        for (index, image), faces in zip(images.items(), detections, strict=True):
-            results[index].faces = largest_first(faces)
-            if results[index].faces:
-                results[index].crops = cut(self.detector, self.aligner, image, results[index].faces, self.recipe)
+        for index, faces in zip(images, self.find(list(images.values())), strict=True):
+            results[index].faces = faces
+            if faces:
+                results[index].crops = self.pictures(images[index], faces)
         if self.backbone is not None:
             self._embed(results)
         return results
 
-    def _embed(self, results: list[ImageResult]) -> None:
-        crops = [crop for result in results for crop in result.crops]
+    def find(self, images: Sequence[Image.Image]) -> list[list[Face]]:
+        """The faces of each decoded image, largest first (video frames come here as well as photos)."""
+        return [largest_first(faces) for faces in detect_bounded(self.detector, images)]
+
+    def pictures(self, image: Image.Image, faces: Sequence[Face]) -> list[Image.Image]:
+        """The backbone's input picture of each of `faces` in `image`."""
+        return cut(self.detector, self.aligner, image, faces, self.recipe)
+
+    def embed_pictures(self, pictures: Sequence[Image.Image]) -> torch.Tensor:
+        """Unit embeddings (N, D) of input pictures, a batch of `faces_per_batch` at a time."""
         vectors = [
             self.backbone.embed(standardize_pictures(chunk, self.recipe))
-            for chunk in batched(crops, self.faces_per_batch)
+            for chunk in batched(pictures, self.faces_per_batch)
         ]
-        flat = torch.cat(vectors) if vectors else torch.empty(0, self.backbone.plugin.embedding_size)
+        return torch.cat(vectors) if vectors else torch.empty(0, self.backbone.plugin.embedding_size)
+
+    def _embed(self, results: list[ImageResult]) -> None:
+        flat = self.embed_pictures([crop for result in results for crop in result.crops])
         start = 0
         for result in results:
             if result.error is None:
                 result.embeddings = flat[start : start + len(result.faces)]
                 start += len(result.faces)
+
+
+def detect_bounded(detector: Detector, images: Sequence[Image.Image]) -> list[list[Face]]:
+    """`detector.detect` on images no larger than the detector's working size, boxes in the originals'
+    pixels.
+
+    A detector's memory grows with the pixels it looks at (MTCNN's pyramid, dlib's upsampled CNN), so
+    an image over its `max_pixels` (the detector's declaration, else facerec.defaults.DETECTION_PIXELS;
+    None: unbounded) is scaled down for detection alone, keeping its aspect, and the faces found are
+    mapped back: aligners then cut them from the original, at full resolution. Faces that are small in
+    a huge image may be missed, as in any downscaled run."""
+    limit = getattr(detector, "max_pixels", defaults.DETECTION_PIXELS)
+    working = [_within(image, limit) for image in images]
+    found = detector.detect(working)
+    return [
+        faces
+        if small is image
+        else [face.scaled(image.width / small.width, image.height / small.height) for face in faces]
+        for image, small, faces in zip(images, working, found, strict=True)
+    ]
+
+
+def _within(image: Image.Image, limit: int | None) -> Image.Image:
+    """`image`, or a copy scaled down to at most `limit` pixels (PIL's reducing resize: fast, antialiased)."""
+    pixels = image.width * image.height
+    if limit is None or pixels <= limit:
+        return image
+    factor = math.sqrt(limit / pixels)
+    size = (max(1, math.floor(image.width * factor)), max(1, math.floor(image.height * factor)))
+    return image.resize(size, Image.BILINEAR, reducing_gap=2.0)
 
 
 def cut(

@@ -17,20 +17,31 @@ Calibration needs aligned faces as the backbone sees them: those of the user's p
 them (the folder `index` enrolls, the data `evaluate` reads), else the public five-person demo set
 (facerec.demo), downloaded once. The quantized network is cached in `$TORCH_HOME/checkpoints/facerec-int8`,
 keyed by the backbone, the weights' SHA-256, the input recipe, the quantization scheme and the torch
-version, as a state dict of plain and quantized tensors (no pickle: it loads with weights_only=True).
-Loading rebuilds the graph without calibrating and fills it from the file, in a fraction of the time.
-The first calibration of a key is the one every later run uses, so a gallery indexed in int8 is searched
-with the network that made its vectors.
+version, as a state dict of plain and quantized tensors (no pickle: it loads with weights_only=True),
+with the photos it was calibrated on (path and SHA-256 each). Loading rebuilds the graph without
+calibrating and fills it from the file, in a fraction of the time. The first calibration of a key is the
+one every later run uses.
+
+A cache that still loads may hold another network than the one written (a damaged or edited file), and
+every face then embeds wrongly with no error. So its checksum is recorded beside it (`.pt.xxh128`,
+facerec.integrity) and checked before use: a damaged cache is named on stderr and made again. A cache
+written before checksums were recorded is adopted: its checksum is recorded once it loads. Each network
+is known by that checksum (`identity`): a gallery records the one that made its vectors, with its
+calibration photos, so that a search with another network is refused, and a cache that is gone is made
+again from those photos when they are still on disk (calibration is deterministic: the same faces give
+the same file, byte for byte, on the same kind of CPU).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,11 +49,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from facerec.atomic import write_atomically
 from facerec.errors import FacerecError, UsageError
+from facerec.integrity import Damaged, adopt, read_checked, write_checked
 from facerec.pipeline.images import IMAGE_SUFFIXES, ImageError, load_image
 from facerec.pipeline.standardize import standardize_pictures
-from facerec.pipeline.weights import cache_dir
+from facerec.pipeline.weights import cache_dir, sha256_file
 
 if TYPE_CHECKING:
     from facerec.contract.parts import Aligner, Backbone, Detector, InputRecipe
@@ -56,7 +67,19 @@ FORMAT = "facerec-int8/1"
 CALIBRATION_PHOTOS = 32  # photos read at most; the faces of a few dozen photos fix the ranges
 CALIBRATION_SIDE = 1024  # photos are shrunk to this before detection: faster, the faces stay large
 
-FaceSource = Callable[[], torch.Tensor]  # standardized calibration faces (N, 3, S, S)
+IDENTITY = "facerec_int8_identity"  # the attribute of an int8 network that says which network it is
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Standardized faces (N, 3, S, S) to calibrate on, and the photos they were cut from, in order
+    (`{"path", "sha256"}` each): recorded with the network, they can make it again."""
+
+    faces: torch.Tensor
+    photos: list[dict[str, str]]
+
+
+FaceSource = Callable[[], Calibration]
 
 
 def check_precision(precision: str, plugin: Backbone, name: str) -> None:
@@ -105,20 +128,28 @@ def cache_path(loaded: LoadedBackbone, recipe: InputRecipe) -> Path:
 def int8_network(
     loaded: LoadedBackbone, recipe: InputRecipe, faces: FaceSource, note: Callable[[str], None]
 ) -> nn.Module:
-    """The int8 inference network of `loaded`: from the cache, else calibrated on `faces()` and cached."""
+    """The int8 inference network of `loaded`: from the cache when it is intact, else calibrated on
+    `faces()` and cached. Its `identity` says which network it is."""
     path = cache_path(loaded, recipe)
     quiet_concatenation()
     form = quantizable_form(loaded)
-    cached = read_cache(path, form, recipe.size)
+    cached = read_cache(path, form, recipe.size, note)
     if cached is not None:
         return cached
     calibration = faces()
-    if len(calibration) == 0:
+    if len(calibration.faces) == 0:
         raise FacerecError("--precision int8: no face found in the calibration photos")
-    note(f"calibrating int8 {loaded.name} on {len(calibration)} faces (once: cached in {path})")
-    network = quantize(form, calibration)
-    write_cache(path, network, len(calibration))
+    note(f"calibrating int8 {loaded.name} on {len(calibration.faces)} faces (once: cached in {path})")
+    network = quantize(form, calibration.faces)
+    digest = write_cache(path, network, calibration)
+    setattr(network, IDENTITY, {"xxh3_128": digest, "calibration": calibration.photos})
     return network
+
+
+def identity(network: nn.Module) -> dict[str, Any] | None:
+    """Which int8 network this is: the checksum of its cache file (`xxh3_128`) and the photos it was
+    calibrated on (`calibration`); None for a network not made here (an FP32 one)."""
+    return getattr(network, IDENTITY, None)
 
 
 def quiet_concatenation() -> None:
@@ -184,31 +215,49 @@ def skeleton(form: nn.Module, size: int) -> nn.Module:
         return fx.convert_fx(fx.prepare_fx(form, qconfig_mapping(form), (example,))).eval()
 
 
-def write_cache(path: Path, network: nn.Module, faces: int) -> None:
-    """The network's state dict (plain and quantized tensors) with what made it, written atomically."""
+def write_cache(path: Path, network: nn.Module, calibration: Calibration) -> str:
+    """The network's state dict (plain and quantized tensors) with what made it, written atomically
+    with its checksum beside it; returns the checksum."""
     record = {
         "format": FORMAT,
         "scheme": SCHEME,
-        "calibration_faces": faces,
+        "calibration_faces": len(calibration.faces),
+        "calibration": calibration.photos,
         "state_dict": network.state_dict(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda out: torch.save(record, out))
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    return write_checked(path, buffer.getbuffer())
 
 
-def read_cache(path: Path, form: nn.Module, size: int) -> nn.Module | None:
-    """The cached network, or None when there is none or it does not fit (it is then made again)."""
+def read_cache(path: Path, form: nn.Module, size: int, note: Callable[[str], None]) -> nn.Module | None:
+    """The cached network, its identity set; None when there is none, or when it is damaged or does not
+    fit (`note` says which: it is then made again)."""
     if not path.is_file():
         return None
     try:
+        data, digest = read_checked(path)
+    except Damaged as damaged:
+        note(f"{damaged}; it is made again")
+        return None
+    except OSError as error:
+        note(f"{path}: cannot be read ({error.strerror}); it is made again")
+        return None
+    try:
         with _quiet():
-            record = torch.load(path, map_location="cpu", weights_only=True)
+            record = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         if record.get("format") != FORMAT:
+            note(f"{path}: not an int8 network of this facerec ({record.get('format')}); it is made again")
             return None
         network = skeleton(form, size)
         network.load_state_dict(record["state_dict"])
-    except Exception:  # a damaged or foreign file: calibrating again is the cure, and cheap enough
+    except Exception as error:  # torch raises many types for bad files; all mean "make it again"
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        note(f"{path}: damaged int8 cache, it does not load ({first_line[:200]}); it is made again")
         return None
+    digest = digest or adopt(path, data)
+    setattr(network, IDENTITY, {"xxh3_128": digest, "calibration": record.get("calibration", [])})
     return network
 
 
@@ -217,14 +266,21 @@ def read_cache(path: Path, form: nn.Module, size: int) -> nn.Module | None:
 
 def calibration_faces(
     detector: Detector, aligner: Aligner, recipe: InputRecipe, folder: Path | None
-) -> torch.Tensor:
-    """The standardized faces of the photos in `folder` (the public demo set when None), aligned as
-    the backbone's recipe says: every face found, the small and blurred ones too, since those stretch the
-    ranges that later faces must fit in."""
+) -> Calibration:
+    """The calibration of the photos in `folder` (sampled: `sample_photos`), else of the public demo set."""
+    photos = sample_photos(folder) if folder is not None else public_photos()
+    return faces_of_photos(detector, aligner, recipe, photos, folder or "the demo photos")
+
+
+def faces_of_photos(
+    detector: Detector, aligner: Aligner, recipe: InputRecipe, photos: Sequence[Path], where: object
+) -> Calibration:
+    """The standardized faces of `photos`, aligned as the backbone's recipe says: every face found, the
+    small and blurred ones too, since those stretch the ranges that later faces must fit in. `where`
+    names the photos in the error raised when none has a face."""
     from facerec.pipeline.engine import cut  # engine builds on this module
 
-    photos = sample_photos(folder) if folder is not None else public_photos()
-    pictures = []
+    pictures, used = [], []
     for path in photos:
         try:
             image = load_image(path)
@@ -234,10 +290,24 @@ def calibration_faces(
         (faces,) = detector.detect([image])
         if faces:
             pictures += cut(detector, aligner, image, faces, recipe)
+            used.append({"path": str(Path(path).resolve()), "sha256": sha256_file(Path(path))})
     if not pictures:
-        where = folder or "the demo photos"
         raise FacerecError(f"{where}: no face found to calibrate --precision int8 on")
-    return standardize_pictures(pictures, recipe)
+    return Calibration(standardize_pictures(pictures, recipe), used)
+
+
+def recorded_photos(calibration: Sequence[dict[str, str]]) -> list[Path] | None:
+    """The photos a network was calibrated on, when every one is still on disk with the bytes it had
+    (then calibrating on them makes that network again); None when any is gone or changed, or none
+    were recorded."""
+    photos = [Path(photo["path"]) for photo in calibration]
+    try:
+        same = all(
+            sha256_file(path) == photo["sha256"] for path, photo in zip(photos, calibration, strict=True)
+        )
+    except OSError:
+        return None
+    return photos if photos and same else None
 
 
 def sample_photos(folder: Path, count: int = CALIBRATION_PHOTOS) -> list[Path]:

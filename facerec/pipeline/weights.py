@@ -216,14 +216,28 @@ def fetch(weight: WeightFile) -> tuple[Path, str]:
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from `path`, loaded with weights_only=True; one clear error for anything else."""
+    """A state dict from `path`, loaded with weights_only=True; one clear error for anything else.
+
+    The bytes are read once: checked against the checksum recorded beside the file when there is one
+    (facerec.integrity: a run folder's backbone.pt has one), then loaded. Weights holding NaN or infinity
+    are refused, naming the first such tensor: they make every embedding NaN, and a search of NaNs answers
+    someone at random.
+    """
+    import io
+
     import torch  # here, not at the top: galleries check weights by SHA-256 without loading torch
+
+    from facerec.integrity import first_not_finite, read_checked
 
     path = Path(path)
     if not path.is_file():
         raise FacerecError(f"{path}: no such weights file")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        data, _ = read_checked(path)
+    except OSError as error:
+        raise FacerecError(f"{path}: cannot be read ({error.strerror})") from None
+    try:
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for bad files; all mean "not usable weights"
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise FacerecError(f"{path}: not a weights file that loads safely ({first_line})") from None
@@ -231,4 +245,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise FacerecError(f"{path}: not a state dict (expected a mapping of names to tensors)")
+    bad = first_not_finite(loaded)
+    if bad is not None:
+        raise FacerecError(f"{path}: tensor {bad} holds NaN or infinity; these weights cannot embed faces")
     return dict(loaded)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from facerec.gallery.identify import IdentifiedImage, decide
+from facerec.gallery.identify import IdentifiedImage, decide, named_candidates
 from facerec.gallery.provenance import Provenance, same_person_distance
 from facerec.pipeline.engine import ImageResult
 from facerec.service.errors import ServiceError
@@ -15,9 +15,10 @@ from facerec.service.view import View
 
 
 def identified(view: View, result: ImageResult, threshold: float, top_k: int) -> IdentifiedImage:
-    """Every face of `result` named by the view's head, as `facerec identify` names them."""
+    """Every face of `result` named by the view's head, as `facerec identify` names them (never by the
+    empty identity of clustered faces whose person has no name yet)."""
     found = (
-        view.head.search(result.embeddings, top_k)
+        named_candidates(view.head, result.embeddings, top_k)
         if view.head is not None and result.faces
         else [[] for _ in result.faces]
     )

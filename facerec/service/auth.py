@@ -1,5 +1,5 @@
 """API keys with scopes: who may read (detect, embed, identify, verify, list) and who may also write
-(enroll, delete).
+(enroll, delete, name, merge and move people).
 
 Keys come from `--api-keys FILE` and from the `FACEREC_API_KEYS` variable, in one format: entries
 `KEY SCOPE` (SCOPE `read` or `write`), one a line in the file, separated by newlines or commas in the
@@ -90,6 +90,17 @@ def _parse(lines: list[str], where: Callable[[int], str]) -> list[tuple[str, str
             )
         found.append((key, scope))
     return found
+
+
+def key_refusal(keys: Keys, presented: str, needed: str) -> tuple[int, str] | None:
+    """Why the key `presented` may not do what needs `needed` (`read` or `write`): (401, ...) for an
+    unknown key, (403, ...) for a read key where writing is needed; None when it may."""
+    scope = keys.scope(presented)
+    if scope is None:
+        return 401, "unknown API key"
+    if not allows(scope, needed):
+        return 403, "this API key may only read; changing the gallery needs a write key"
+    return None
 
 
 def allows(scope: str, needed: str) -> bool:

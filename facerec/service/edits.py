@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import os
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from facerec.atomic import write_atomically
 from facerec.contract.faces import Face
 from facerec.errors import GalleryBusy
 from facerec.gallery.enroll import head_choice
+from facerec.gallery.names import NameRefused, identity_name
 from facerec.gallery.provenance import Provenance
 from facerec.gallery.records import Change, Entry, Skipped, now, unchanged
 from facerec.service.errors import ServiceError
@@ -50,29 +50,16 @@ UPLOADS = "uploads"
 LOCK_WAIT = 30.0  # seconds an edit waits for another process's write before answering 503
 LOCK_POLL = 0.05
 DELETED = "deleted through facerec serve"
-MAX_NAME_BYTES = 255  # a file name's limit on every common file system: a name can become a folder
 
 
 def check_identity(name: str) -> str:
-    """`name` when it can name an identity (as a folder of `facerec index` could); ServiceError 400.
-
-    Any Unicode is kept as given; refused are the empty name, `.` and `..`, path separators, control
-    characters, surrounding spaces and names longer than MAX_NAME_BYTES bytes of UTF-8.
-    """
-    problem = None
-    if not name or name in (".", ".."):
-        problem = "must be a name, not empty, '.' or '..'"
-    elif "/" in name or "\\" in name:
-        problem = "must not contain '/' or '\\'"
-    elif any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
-        problem = "must not contain control characters"
-    elif name != name.strip():
-        problem = "must not start or end with spaces"
-    elif len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        problem = f"must be at most {MAX_NAME_BYTES} bytes of UTF-8"
-    if problem is not None:
-        raise ServiceError(400, f"identity {name!r}: {problem}")
-    return name
+    """`name` in NFC when it can name an identity, under the rule of `facerec index`'s folder names
+    (facerec.gallery.names), so that a name given over HTTP and a folder name mean one identity;
+    ServiceError 400 with the reason when it cannot."""
+    try:
+        return identity_name(name)
+    except NameRefused as refused:
+        raise ServiceError(400, str(refused)) from None
 
 
 @dataclass(frozen=True)
@@ -202,13 +189,17 @@ def _writing(store: Store) -> contextlib.ExitStack:
             return stack
         except GalleryBusy:
             if time.monotonic() > deadline:
-                raise ServiceError(
-                    503,
-                    f"{store.location}: another process has been writing the gallery for {LOCK_WAIT:.0f} s; "
-                    "try again later",
-                    {"Retry-After": "5"},
-                ) from None
+                raise busy(store) from None
         time.sleep(LOCK_POLL)
+
+
+def busy(store: Store) -> ServiceError:
+    """The 503 of an edit that waited LOCK_WAIT seconds for another process's write."""
+    return ServiceError(
+        503,
+        f"{store.location}: another process has been writing the gallery for {LOCK_WAIT:.0f} s; try again later",
+        {"Retry-After": "5"},
+    )
 
 
 def _keep_photo(photo: Path, data: bytes) -> None:

@@ -1,19 +1,42 @@
-"""What keeps the server bounded under load: how large a request may be, and how many may wait for
-the models at once.
+"""What keeps the server bounded under load and against slow or hostile clients: how large a request
+body may be, how long it may take to arrive, how many may be arriving at once, how many requests may
+wait for the models, and how many decoded pixels may be in memory at once.
 
-A request body over `--max-upload` is answered 413 as soon as that is known: at once when its
-Content-Length says so, else when the bytes received pass the limit (the rest is never read). Image
-requests are admitted up to `--max-queue` at a time (waiting for the CPU stage or the backbone
+A request body is refused as soon as that is known, and the connection closed (its unread rest is never
+read):
+
+- 413 over `--max-upload`: at once when its Content-Length says so, else when the bytes received pass
+  the limit;
+- 408 when it stops arriving: no byte for `--read-timeout` seconds, or slower on average than
+  MIN_BODY_RATE bytes a second beyond the first `--read-timeout` seconds (so a body of N bytes has at
+  most `--read-timeout` + N / MIN_BODY_RATE seconds in all: a client sending a byte now and then cannot
+  hold a connection, and a slow but honest link still gets a large photo through);
+- 503 with Retry-After when `--max-uploads` bodies are already being received: clients that send slowly
+  hold at most that many uploads in memory at once, each for a bounded time.
+
+Image requests are admitted up to `--max-queue` at a time (waiting for the CPU stage or the backbone
 included); one more is answered 503 at once with Retry-After, instead of joining a queue that would only
-grow while clients time out.
+grow while clients time out. Decoding and detecting hold room in a budget of `--max-pixels-in-flight`
+pixels (the image's size, read from its header before any pixel is decoded): an image larger than the
+whole budget is refused 413, and one that does not fit beside those being decoded waits up to
+`--pixel-wait` seconds for room, then is answered 503 with Retry-After.
+
+uvicorn has no timeout for reading a request's headers: its keep-alive timeout runs only between two
+requests of a connection, and stops at the first byte of the next. A client that sends headers slowly
+holds its connection until it stops; headers are bounded in size (h11's 16 KiB) but not in time. A
+reverse proxy in front (docs/serving.md) bounds that (nginx's client_header_timeout).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
+import threading
+import time
 from collections.abc import Iterator
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facerec.errors import UsageError
@@ -22,6 +45,7 @@ from facerec.service.errors import ServiceError, error_response
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 RETRY_AFTER_S = 1
+MIN_BODY_RATE = 64_000  # bytes a second a body must average beyond its first --read-timeout seconds
 
 
 class Admission:
@@ -56,45 +80,152 @@ def parse_size(text: str, option: str) -> int:
     return int(float(found.group(1)) * UNITS[unit])
 
 
-class BodyLimit:
-    """ASGI middleware: 413 {"error": ...} for a request body larger than `limit` bytes."""
+class PixelBudget:
+    """At most `limit` decoded pixels at once across the CPU threads; an image waits up to `wait` seconds
+    for room. Thread-safe: the CPU threads reserve and release.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
+    Pixels, not bytes: an 8-bit RGB image takes 3 bytes a pixel, and decoding and detection make a few
+    working copies. A waiting image can be overtaken by smaller ones that fit; it waits `wait` at most.
+    """
+
+    def __init__(self, limit: int, wait: float) -> None:
         self.limit = limit
+        self.wait = wait
+        self.in_flight = 0
+        self._room = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, name: str, size: tuple[int, int], frames: int = 1) -> Iterator[None]:
+        """Hold room for the image `name` of `size` (width, height) while it is decoded and detected (a
+        video: for `frames` frames of that size, as many as it keeps decoded at once); ServiceError 413
+        when that is more than the whole budget, 503 when no room came in time."""
+        width, height = size
+        pixels = width * height * frames
+        if pixels > self.limit:
+            what = (
+                f"{width}x{height} pixels" if frames == 1 else f"{frames} frames of {width}x{height} pixels"
+            )
+            raise ServiceError(
+                413,
+                f"{name}: {what} is more than this server decodes at once (--max-pixels-in-flight {self.limit})",
+            )
+        with self._room:
+            if not self._room.wait_for(lambda: self.in_flight + pixels <= self.limit, self.wait):
+                raise ServiceError(
+                    503,
+                    f"server busy: {self.in_flight} pixels of other images are being decoded "
+                    f"(--max-pixels-in-flight {self.limit}); try again",
+                    {"Retry-After": str(RETRY_AFTER_S)},
+                )
+            self.in_flight += pixels
+        try:
+            yield
+        finally:
+            with self._room:
+                self.in_flight -= pixels
+                self._room.notify_all()
+
+
+class BodyGuard:
+    """ASGI middleware: every request body bounded in size (413), in time (408) and in number being
+    received at once (503), as the module docstring says. A refused request's app sees the client
+    leave (`http.disconnect`), its answer is dropped, and the refusal is answered instead."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float, max_uploads: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
+        self.max_uploads = max_uploads
+        self.receiving = 0  # bodies being received now; used from the event loop only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        headers = dict(scope["headers"]) if scope["type"] == "http" else {}
+        declared = headers.get(b"content-length", b"")
+        if not (declared.strip(b"0") or b"transfer-encoding" in headers):  # no body to guard
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            await self.refuse(scope, receive, send)
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await _refusal(413, _too_large(self.max_bytes))(scope, receive, send)
             return
-        received = 0
-        over = False
-
-        async def counted() -> Message:
-            nonlocal received, over
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:  # the app sees the client leave, and its answer is dropped
-                over = True
-                return {"type": "http.disconnect"}
-            return message
-
-        async def unless_over(message: Message) -> None:
-            if not over:
-                await send(message)
-
+        if self.receiving >= self.max_uploads:
+            busy = f"server busy: {self.max_uploads} uploads are already being received; try again"
+            await _refusal(503, busy, {"Retry-After": str(RETRY_AFTER_S)})(scope, receive, send)
+            return
+        body = _Body(self, receive, send)
+        self.receiving += 1
         try:
-            await self.app(scope, counted, unless_over)
+            await self.app(scope, body.receive, body.send)
         except Exception:
-            if not over:
+            if body.refusal is None:
                 raise
-        if over:
-            await self.refuse(scope, receive, send)
+        finally:
+            body.finish()
+        if body.refusal is not None and not body.answered:
+            await _refusal(*body.refusal)(scope, receive, send)
 
-    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = f"the request body is larger than --max-upload ({self.limit} bytes)"
-        await error_response(413, message, {"Connection": "close"})(scope, receive, send)
+
+class _Body:
+    """One request's body as BodyGuard lets the app receive it: counted, timed, refused."""
+
+    def __init__(self, guard: BodyGuard, receive: Receive, send: Send) -> None:
+        self.guard = guard
+        self._receive = receive
+        self._send = send
+        self.started = time.monotonic()
+        self.received = 0
+        self.complete = False
+        self.answered = False  # the app started its answer
+        self.refusal: tuple[int, str] | None = None
+        self._counted = True  # still counted in guard.receiving
+
+    async def receive(self) -> Message:
+        if self.refusal is not None:
+            return {"type": "http.disconnect"}
+        if self.complete:  # after the body, a receive waits for the client to leave: not timed
+            return await self._receive()
+        guard = self.guard
+        deadline = self.started + guard.read_timeout + self.received / MIN_BODY_RATE
+        wait = min(guard.read_timeout, deadline - time.monotonic())
+        try:
+            message = await asyncio.wait_for(self._receive(), max(wait, 0))
+        except asyncio.TimeoutError:
+            took = time.monotonic() - self.started
+            return self._refused(
+                408,
+                f"the request body stopped coming: {self.received} bytes in {took:.0f} s (it may not pause "
+                f"for --read-timeout {guard.read_timeout:g} s, nor average under {MIN_BODY_RATE // 1000} kB/s "
+                "after that)",
+            )
+        self.received += len(message.get("body", b""))
+        if self.received > guard.max_bytes:
+            return self._refused(413, _too_large(guard.max_bytes))
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.complete = True
+            self.finish()
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.refusal is None:
+            self.answered = self.answered or message["type"] == "http.response.start"
+            await self._send(message)
+
+    def _refused(self, status: int, message: str) -> Message:
+        self.refusal = (status, message)
+        self.finish()
+        return {"type": "http.disconnect"}
+
+    def finish(self) -> None:
+        """No longer a body being received: it is complete, refused, or its request is over."""
+        if self._counted:
+            self._counted = False
+            self.guard.receiving -= 1
+
+
+def _too_large(limit: int) -> str:
+    return f"the request body is larger than --max-upload ({limit} bytes)"
+
+
+def _refusal(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The answer to a refused body; the connection is closed after it, since the rest of the body
+    was never read."""
+    return error_response(status, message, {**(headers or {}), "Connection": "close"})

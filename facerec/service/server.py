@@ -4,18 +4,26 @@ Models load before the socket is bound, so a bad option or a missing weights fil
 one line and nothing ever listened. The socket is bound and listening before the address is printed
 (`--port 0` takes a free port and prints which): a client that connects at once waits in the backlog
 until uvicorn accepts.
+
+uvicorn's logs show each request's path without its query string: a query can carry a secret
+(`?api_key=...`, refused 401 all the same), and a log is read by more people than the keys are meant
+for.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from facerec.errors import UsageError
 from facerec.gallery.models import ModelRequest, open_pipeline
 from facerec.gallery.stores import open_store
 from facerec.service.app import Service, Settings, create_app
+from facerec.service.limits import PixelBudget
 from facerec.service.models import Models, warm_up
 
 BACKLOG = 512
@@ -34,7 +42,8 @@ def open_service(
             snapshot.close()
     pipeline, made = open_pipeline(recorded, request, settings.gallery)
     warm_up(pipeline)
-    return Service(settings, Models(pipeline, made, max_faces, max_wait, workers))
+    pixels = PixelBudget(settings.max_pixels, settings.pixel_wait)
+    return Service(settings, Models(pipeline, made, pixels, max_faces, max_wait, workers))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -59,12 +68,15 @@ def url_of(listener: socket.socket) -> str:
 def run(service: Service, listener: socket.socket) -> None:
     """Serve until interrupted (Ctrl-C or SIGTERM finish the requests under way, then stop)."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     config = uvicorn.Config(
         create_app(service),
+        log_config=log_config(LOGGING_CONFIG),
         log_level="info",
         server_header=False,
         timeout_graceful_shutdown=10,
+        ws_max_size=service.settings.max_upload,  # a stream's frame is bounded as an upload is
     )
     view = service.gallery.current()
     where = f"{view.version}, {view.face_count} faces" if view.version else "nothing enrolled yet"
@@ -74,3 +86,25 @@ def run(service: Service, listener: socket.socket) -> None:
         flush=True,
     )
     uvicorn.Server(config).run(sockets=[listener])
+
+
+class WithoutQuery(logging.Filter):
+    """Cuts the query string off every argument of an access log record, and of the line uvicorn logs
+    (on its error log) for each WebSocket handshake: uvicorn passes the request target (its path
+    percent-quoted, so a literal '?' can only start the query) as one of them. Other records of the
+    error log are left whole (their text may hold a '?' of its own)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        target = record.name == "uvicorn.access" or '"WebSocket %s"' in str(record.msg)
+        if target and isinstance(record.args, tuple):
+            record.args = tuple(arg.partition("?")[0] if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
+def log_config(base: dict[str, Any]) -> dict[str, Any]:
+    """uvicorn's logging configuration `base` with WithoutQuery on the handlers of both its logs."""
+    config = copy.deepcopy(base)
+    config.setdefault("filters", {})["without_query"] = {"()": WithoutQuery}
+    for handler in ("access", "default"):
+        config["handlers"][handler].setdefault("filters", []).append("without_query")
+    return config

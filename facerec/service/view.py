@@ -52,13 +52,17 @@ class View:
     head: Head | None = None
     provenance: Provenance | None = None
     faces: dict[str, list[Entry]] = field(default_factory=dict)  # by identity, in enrollment order
+    by_face: dict[str, Entry] = field(default_factory=dict)  # every entry by its face id
 
     def identities(self) -> dict[str, int]:
-        return {name: len(entries) for name, entries in sorted(self.faces.items())}
+        """Face counts by identity, without the empty one: the clustered faces of people nobody named
+        yet (facerec.people) are nobody `identify` answers, as `facerec gallery` leaves them out."""
+        return {name: len(entries) for name, entries in sorted(self.faces.items()) if name}
 
     @property
     def face_count(self) -> int:
-        return sum(len(entries) for entries in self.faces.values())
+        """Faces of the identities (those of people not named yet left out, as `identities` does)."""
+        return sum(self.identities().values())
 
 
 class ServedGallery:
@@ -94,9 +98,11 @@ class ServedGallery:
         try:
             check_models(self.store.location, snapshot.provenance, self.made)
             faces: dict[str, list[Entry]] = {}
-            for entry in snapshot.entries():
+            entries = snapshot.entries()
+            for entry in entries:
                 faces.setdefault(entry.identity, []).append(entry)
-            return View(snapshot.version, snapshot.load_head(), snapshot.provenance, faces)
+            by_face = {entry.face_id: entry for entry in entries}
+            return View(snapshot.version, snapshot.load_head(), snapshot.provenance, faces, by_face)
         finally:
             snapshot.close()
 

@@ -28,6 +28,7 @@ from facerec.gallery.enroll import index_folder
 from facerec.gallery.models import ModelRequest
 from facerec.gallery.records import unchanged
 from facerec.gallery.stores import open_store
+from facerec.integrity import first_not_finite
 from facerec.training.runfiles import RunFolder
 
 if TYPE_CHECKING:
@@ -100,8 +101,10 @@ def train_head(
     records = []
 
     def on_epoch(epoch: int, loss: float, state: dict[str, Any]) -> None:
-        if not math.isfinite(loss):
-            raise run.diverged(f"epoch {epoch}", f"the loss is {loss}", epoch - 1, fitted.options.get("lr"))
+        bad = first_not_finite(state)
+        if not math.isfinite(loss) or bad is not None:
+            cause = f"the loss is {loss}" if not math.isfinite(loss) else f"its update left {bad} not finite"
+            raise run.diverged(f"epoch {epoch}", cause, epoch - 1, fitted.options.get("lr"))
         record = {"epoch": epoch, "loss": loss}
         records.append(record)
         run.add_metrics(record)

@@ -7,6 +7,13 @@
   plain tensors, numbers, strings, lists and dicts, so it loads with `weights_only=True`;
 - `loss.png`: the loss curve.
 
+`backbone.pt` and `checkpoint.pt` each have their checksum beside them (`backbone.pt.xxh128`, see
+facerec.integrity), written with them: `--resume` and `--weights` refuse a file that does not match it,
+in one line naming the file, instead of training on or embedding with whatever a damaged file decodes to.
+A sidecar per file rather than one record for the run, because `backbone.pt` travels alone as
+`--weights FILE` (copy its `.xxh128` with it to keep it checked) and each file is then written on its own.
+Neither is ever written holding NaN or infinity.
+
 An epoch's metrics line is written before its checkpoint and replaces any line of that epoch or later, so
 a run killed between the two writes redoes that epoch when resumed and logs it once.
 """
@@ -23,6 +30,7 @@ import torch
 
 from facerec.atomic import write_atomically
 from facerec.errors import FacerecError
+from facerec.integrity import Damaged, first_not_finite, read_checked, write_checked
 from facerec.training.plots import loss_curve
 
 CHECKPOINT = "checkpoint.pt"
@@ -32,10 +40,14 @@ LOSS_CURVE = "loss.png"
 
 
 def save_tensors(path: Path, state: Mapping[str, Any]) -> None:
-    """torch.save `state` to `path` atomically."""
+    """torch.save `state` to `path` atomically, its checksum beside it; refused (FacerecError naming the
+    tensor) when a floating tensor in it is not finite: such a file would only pass the damage on."""
+    bad = first_not_finite(state)
+    if bad is not None:
+        raise FacerecError(f"{path}: not written: tensor {bad} holds NaN or infinity")
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)
-    write_atomically(path, lambda f: f.write(buffer.getbuffer()))
+    write_checked(path, buffer.getbuffer())
 
 
 class RunFolder:
@@ -55,16 +67,29 @@ class RunFolder:
         save_tensors(self.checkpoint, state)
 
     def load_checkpoint(self) -> dict[str, Any]:
-        """The checkpoint, loaded with weights_only=True; a clear error when missing or unreadable."""
+        """The checkpoint, checked against its recorded checksum and loaded with weights_only=True; one
+        clear line when it is missing, damaged, unreadable or holds tensors that are not finite."""
         if not self.checkpoint.is_file():
             raise FacerecError(f"{self.checkpoint}: no checkpoint to resume from")
         try:
-            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+            data, _ = read_checked(self.checkpoint)
+        except Damaged as error:
+            raise FacerecError(f"{error}; it cannot be resumed (start a new --out)") from None
+        except OSError as error:
+            raise FacerecError(f"{self.checkpoint}: cannot be read ({error.strerror})") from None
+        try:
+            checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many types for bad files; all mean "cannot resume"
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise FacerecError(
                 f"{self.checkpoint}: not a checkpoint that loads safely ({first_line})"
             ) from None
+        if not isinstance(checkpoint, Mapping):
+            raise FacerecError(f"{self.checkpoint}: not a facerec checkpoint (expected a mapping)")
+        bad = first_not_finite(checkpoint)
+        if bad is not None:
+            raise FacerecError(f"{self.checkpoint}: tensor {bad} holds NaN or infinity; it cannot be resumed")
+        return checkpoint
 
     def save_backbone(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         save_tensors(self.path / BACKBONE, {k: v.detach().cpu() for k, v in state_dict.items()})

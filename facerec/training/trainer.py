@@ -7,7 +7,9 @@ running statistics: batches are small (8 faces in the seed), and per-batch stati
 between the processes of a distributed run. On CUDA the forward pass runs in mixed precision.
 
 A step whose loss or gradients are not finite is not applied: the run stops there with one line (epoch,
-step, what to try), and its folder keeps the files of the last finished epoch.
+step, what to try), and its folder keeps the files of the last finished epoch. An update can still
+overflow the weights from finite gradients (a huge --lr); a later step's loss then says so, but after
+an epoch's last step nothing would, so the weights are checked before each epoch's files are written.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from facerec import defaults
 from facerec.contract.parts import Backbone, DatasetMiner, Loss, Miner, Triplets
 from facerec.contract.registry import registry
 from facerec.errors import FacerecError, UsageError
+from facerec.integrity import first_not_finite
 from facerec.pipeline.engine import build_pipeline, load_backbone, resolve_device
 from facerec.training.augment import FaceAugment
 from facerec.training.dataset import FaceDataset
@@ -394,6 +397,11 @@ def train(
                 at = f"epoch {diverged.epoch}, step {diverged.step} of {len(trainer.sampler)}"
                 raise run.diverged(at, diverged.cause, epoch - 1, settings.lr) from None
             records.append(record)
+            bad = first_not_finite(trainer.network.state_dict())
+            if bad is not None:  # the last step's update overflowed: no later step's loss will say so
+                steps = len(trainer.sampler)
+                at = f"epoch {epoch}, step {steps} of {steps}"
+                raise run.diverged(at, f"its update left {bad} not finite", epoch - 1, settings.lr)
             if processes.writer:
                 run.create()
                 run.add_metrics(record)

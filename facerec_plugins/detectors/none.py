@@ -20,6 +20,7 @@ class WholeImage:
     """A detector that finds exactly one face per image: all of it, already aligned."""
 
     aligned = True
+    max_pixels = None  # it allocates nothing per pixel: no image is scaled down for it
 
     def __init__(self) -> None:
         self.settings: dict[str, Any] = {"name": "none"}

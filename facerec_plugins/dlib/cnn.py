@@ -38,6 +38,7 @@ from facerec_plugins.dlib.models import MMOD_DETECTOR
 from facerec_plugins.dlib.pyramid import TiledPyramid, pyramid_up, rect_down_2, round_half_up
 
 MAX_UPSAMPLE = 4  # each doubles the image's sides: past 4 a photo becomes gigapixels
+CNN_PIXELS = 5_000_000  # pixels of the upsampled image the CNN runs on, at most
 SCORE_THRESHOLD = 0.0  # to_label's default adjust_threshold: positions scoring above it are detections
 INPUT_SCALE = 256.0  # dlib's input layers divide (pixel - mean) by 256
 COLOURS = ("red", "green", "blue")
@@ -252,6 +253,12 @@ class DlibCnnDetector:
         self.upsample = upsample
         self.settings: dict[str, Any] = {"name": "dlib-cnn", "upsample": upsample}
         self._model: MmodModel | None = None
+
+    @property
+    def max_pixels(self) -> int:
+        """The photo size it detects on: upsampling quadruples the pixels the CNN sees (about 140 bytes
+        each), so 5 MP of CNN input (near 700 MB) bound the photo at 5 MP / 4**upsample."""
+        return CNN_PIXELS // 4**self.upsample
 
     @property
     def model(self) -> MmodModel:

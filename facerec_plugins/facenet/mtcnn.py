@@ -373,6 +373,10 @@ def batched_nms(boxes: torch.Tensor, threshold: float) -> torch.Tensor:
 class MTCNN:
     """The `mtcnn` detector with facenet-pytorch's defaults; weights are fetched on first use."""
 
+    # About 55 bytes a pixel at the default min_face_size (the summed-area table and the pyramid): 4 MP
+    # keeps a detection near 250 MB; larger photos are scaled down to it by the pipeline.
+    max_pixels = 4_000_000
+
     def __init__(
         self,
         min_face_size: float = 20,

@@ -128,6 +128,8 @@ def parse(rest: str) -> tuple[str, str, Path | None]:
         return uri, collection, None
     if uri.endswith(".db") and "://" not in uri and len(uri) > 3:
         path = Path(os.path.abspath(uri))
+        if not path.parent.is_dir():  # as SQLite does: a database file is made, its folder is not
+            raise FacerecError(f"--gallery milvus:{rest}: the folder {path.parent} does not exist")
         return str(path), collection, path
     raise UsageError(f"--gallery milvus:{rest}: {USAGE}")
 
@@ -161,8 +163,6 @@ class MilvusStore:
 
     def _connect(self):
         pymilvus = _pymilvus()
-        if self.lite is not None:
-            self.lite.parent.mkdir(parents=True, exist_ok=True)
         try:
             return pymilvus.MilvusClient(self.uri, timeout=CONNECT_TIMEOUT_S)
         except pymilvus.MilvusException as error:
@@ -243,6 +243,7 @@ class MilvusStore:
                 "faces": (len(base) if base else 0) - len(removed) + len(change.added),
                 "next_id": next_id + len(change.added),
                 "index": INDEX,
+                "people": change.people if change.people is not None else (base.people() if base else None),
             },
         )
         for name in (self.collection, self.meta):  # what no reader of `generation` sees any more
@@ -410,11 +411,16 @@ class MilvusState:
         self.head_options = record.get("index", INDEX)
         self.written_at = record.get("written_at")
         self._count = int(record["faces"])
+        self._people = record.get("people")
         self._entries: list[Entry] | None = None
         self._ids: list[int] | None = None
 
     def __len__(self) -> int:
         return self._count
+
+    def people(self) -> dict | None:
+        """The people record (facerec.people.book), kept in the state record with the generation."""
+        return self._people
 
     def entries(self) -> list[Entry]:
         self._load()
@@ -600,7 +606,6 @@ class _Lease:
 @contextlib.contextmanager
 def _file_lock(path: Path, location: str) -> Iterator[None]:
     """An flock on `path` (made when missing, kept after): one writer of a Milvus Lite database."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -87,7 +87,9 @@ def test_the_plugin_door_exports_every_part_protocol():
     protocols = {
         name
         for name, value in vars(parts).items()
-        if inspect.isclass(value) and value.__module__ == parts.__name__ and getattr(value, "_is_protocol", False)
+        if inspect.isclass(value)
+        and value.__module__ == parts.__name__
+        and getattr(value, "_is_protocol", False)
     }
     assert protocols and protocols <= set(plugin.__all__)
     assert all(hasattr(plugin, name) for name in plugin.__all__)

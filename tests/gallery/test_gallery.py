@@ -260,4 +260,7 @@ def test_a_uri_naming_no_registered_store_is_refused_and_makes_no_folder(tmp_pat
         assert "s3cret" not in line
     assert list(tmp_path.iterdir()) == []
     listed = run_cli("gallery", "--gallery", "./with:colon", cwd=tmp_path)
-    assert (listed.returncode, listed.stderr) == (1, "Error: ./with:colon: no gallery here; run `facerec index DIR` first or pass --gallery\n")
+    assert (listed.returncode, listed.stderr) == (
+        1,
+        "Error: ./with:colon: no gallery here; run `facerec index DIR` first or pass --gallery\n",
+    )

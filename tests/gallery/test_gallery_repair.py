@@ -7,6 +7,7 @@ changed in place. What a user runs is run as a real subprocess; the rest through
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -133,6 +134,23 @@ def test_a_deleted_head_is_named_and_fitted_again_on_the_vectors(master, copy):
     assert name == "biden" and distance < 1e-4  # the first entry, found again by the new head
 
 
+def test_a_bit_flipped_in_the_head_is_refused_in_one_line_naming_the_file(master, copy):
+    gallery, version = copy
+    index = version / store.HEAD_FOLDER / "faiss.index"
+    data = bytearray(index.read_bytes())
+    data[len(data) // 2] ^= 0x01  # the size agrees: only its bytes can tell
+    index.write_bytes(bytes(data))
+
+    refused = cli(master, gallery, "identify", master["people"] / "obama" / "obama.jpg")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert one_line(refused) == (
+        f"Error: {gallery}: gallery version {version.name} is damaged: head/faiss.index does not match its "
+        f"recorded checksum; {store.HEAL}"
+    )
+    listed = cli(master, gallery, "gallery")
+    assert listed.returncode == 1 and one_line(listed) == one_line(refused)
+
+
 def test_current_naming_a_missing_version_goes_back_to_the_newest_readable_one(master, copy):
     gallery, _ = copy
     second = facerec.api.open_gallery(gallery).index(master["people"], head_options={"index": "flat"})
@@ -158,7 +176,7 @@ def test_current_naming_a_missing_version_goes_back_to_the_newest_readable_one(m
     assert again.stdout == f"{gallery}: intact, nothing to repair; 3 faces of 2 identities\n"
 
 
-def test_repair_hashes_every_file_and_keeps_every_face_whose_photo_is_still_there(
+def test_repair_checks_every_file_and_keeps_every_face_whose_photo_is_still_there(
     master, copy, tmp_path, monkeypatch
 ):
     gallery, _ = copy
@@ -177,13 +195,18 @@ def test_repair_hashes_every_file_and_keeps_every_face_whose_photo_is_still_ther
     vectors.write_bytes(bytes(data))
     gone.unlink()
 
-    monkeypatch.setattr(store, "HASHED_ON_OPEN", 0)  # a gallery too big to hash on every open
-    store.read(gallery).close()  # sizes agree: opening does not notice
+    opened = store.read(gallery)  # sizes agree, and opening reads no vector: it does not notice
+    damage = "vectors.npy does not match its recorded checksum in rows 0-4 (5 of 5 faces)"
+    with pytest.raises(
+        store.GalleryDamaged, match=re.escape(f"version {version.name} is damaged: {damage};")
+    ):
+        opened.vectors()  # reading them does
+    opened.close()
     notes = []
     report = api.repair(note=notes.append)
     assert notes == [
-        f"{gallery}: version {version.name} is damaged: vectors.npy does not match its recorded SHA-256; "
-        "embedding the enrolled photos again and fitting the head",
+        f"{gallery}: version {version.name} is damaged: {damage}; embedding the photos of those 5 faces "
+        "again and fitting the head",
         f"{gallery}: 1 enrolled faces cannot be rebuilt, their photos are gone or changed: {gone}",
     ]
     assert report.embedded == 4 and report.identities == {"biden": 1, "lin": 1, "obama": 2}

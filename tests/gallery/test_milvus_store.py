@@ -253,9 +253,13 @@ def test_commits_are_atomic_searches_exact_and_writers_one_at_a_time(where, tmp_
 
 def test_uris_parse_or_fail_in_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    store = open_store("milvus:sub/faces.db#people")
-    assert (store.lite, store.collection) == (tmp_path / "sub" / "faces.db", "people")
-    assert store.read() is None and not (tmp_path / "sub").exists()  # a reader creates nothing
+    store = open_store("milvus:faces.db#people")
+    assert (store.lite, store.collection) == (tmp_path / "faces.db", "people")
+    assert store.read() is None and list(tmp_path.iterdir()) == []  # a reader creates nothing
+    for missing in ("sub/faces.db", "/nonexistent/x.db"):  # as SQLite: the file is made, its folder is not
+        with pytest.raises(FacerecError, match=f"milvus:{missing}: the folder .* does not exist"):
+            open_store(f"milvus:{missing}")
+    assert not Path("/nonexistent").exists() and list(tmp_path.iterdir()) == []
     assert open_store("milvus:http://db.example:19530").collection == "facerec"
     for bad in ("milvus:", "milvus:ftp://x", "milvus:faces", "milvus:x.db#a-b"):
         with pytest.raises(UsageError, match="milvus:"):

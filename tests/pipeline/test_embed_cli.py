@@ -106,3 +106,20 @@ def test_every_command_has_help(cli):
     for command in commands:
         result = CliRunner().invoke(group, [command, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, command
+
+
+def test_weights_that_give_no_unit_embedding_are_refused_in_one_line(cli, seeded_weights, tmp_path):
+    """Weights whose last batch norm outputs zeros (as broken or random weights can): every embedding is
+    all zeros, which normalizing cannot make unit length; refused, not printed as a face."""
+    import torch
+
+    state = torch.load(seeded_weights, weights_only=True)
+    state["last_bn.weight"].zero_()
+    state["last_bn.bias"].zero_()
+    broken = tmp_path / "broken.pt"
+    torch.save(state, broken)
+    result = cli("embed", ALIGNED[0], "--weights", broken, "--detector", "none", "--json")
+    assert result.returncode == 1 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert "backbone 'inception-resnet' with the --weights file" in line
+    assert "gave an embedding of length 0, not 1: these weights do not work" in line

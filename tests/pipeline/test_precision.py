@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
 import torch
 
+from facerec.gallery.local import folder as store
+from facerec.gallery.local.manifest import write_manifest
+from facerec.gallery.provenance import Provenance
+from facerec.integrity import recorded
 from facerec.pipeline.engine import build_pipeline, load_backbone
+from facerec.pipeline.precision import Calibration
 from facerec.pipeline.standardize import standardize_pictures
 from support import ROOT, SHARED
 from support.cli import run_cli
@@ -70,7 +77,7 @@ def test_int8_embeddings_stay_within_cosine_0_999_of_fp32(
     assert len(faces) >= 15 and len(calibration) >= 9
     fp32 = load_backbone(backbone, weights=weights).embed(faces)
     int8 = load_backbone(backbone, weights=weights, precision="int8")
-    int8.calibration = lambda: calibration
+    int8.calibration = lambda: Calibration(calibration, [])
     cosine = (int8.embed(faces) * fp32).sum(1)
     assert cosine.min() >= WORST_COSINE[backbone], cosine.tolist()
     assert cosine.median() >= 0.9995, cosine.tolist()
@@ -143,6 +150,138 @@ def test_the_cache_is_tensors_that_load_without_pickle(galleries):
     record = torch.load(cache, weights_only=True)  # refuses anything but tensors and plain containers
     assert record["format"] == "facerec-int8/1" and record["calibration_faces"] >= 9
     assert any(tensor.is_quantized for tensor in record["state_dict"].values())
+    assert [Path(photo["path"]).parent.name for photo in record["calibration"]][:5] == [
+        "alex_lacamoire", "biden", "kit_harington", "obama", "rose_leslie"
+    ]  # fmt: skip
+
+
+def test_the_gallery_records_the_int8_network_that_made_its_vectors(galleries):
+    (cache,) = galleries["int8"]["cache"]
+    (checksum,) = [s["xxh3_128"] for s in recorded(cache)]  # one sum: the write finished
+    snapshot = store.read(galleries["int8"]["gallery"])
+    network = snapshot.provenance.int8_network
+    snapshot.close()
+    assert network["xxh3_128"] == checksum
+    assert network["calibration"] == torch.load(cache, weights_only=True)["calibration"]
+    fp32 = store.read(galleries["fp32"]["gallery"])
+    assert fp32.provenance.int8_network is None
+    fp32.close()
+
+
+def test_two_int8_networks_make_other_vectors_unless_one_was_not_recorded():
+    made = Provenance("dlib-resnet", "dlib-v1", "ab" * 32, None, "mtcnn", precision="int8")
+    one, other = ({"xxh3_128": digest * 32, "calibration": []} for digest in "12")
+    assert made.same_vectors(made) and not made.same_vectors(
+        Provenance(**{**vars(made), "precision": "fp32"})
+    )
+    with_one = Provenance(**{**vars(made), "int8_network": one})
+    assert with_one.same_vectors(made) and made.same_vectors(with_one)  # a gallery written before: unknown
+    assert not with_one.same_vectors(Provenance(**{**vars(made), "int8_network": other}))
+    assert "precision int8 (int8 network 111111111111)" in with_one.describe()
+
+
+@pytest.fixture
+def private(galleries, tmp_path) -> dict:
+    """Copies of the weights cache (MTCNN and the int8 network) and of the int8 gallery, to damage."""
+    home = Path(shutil.copytree(galleries["env"]["TORCH_HOME"], tmp_path / "torch-home"))
+    gallery = Path(shutil.copytree(galleries["int8"]["gallery"], tmp_path / "gallery"))
+    (cache,) = (home / "checkpoints" / "facerec-int8").glob("*.pt")
+    env = {**galleries["env"], "TORCH_HOME": str(home)}
+    return {"home": home, "gallery": gallery, "cache": cache, "env": env, "photos": galleries["photos"]}
+
+
+def identify(private: dict):
+    return run_cli(
+        "identify", *private["photos"], "--gallery", private["gallery"], "--json", env=private["env"]
+    )
+
+
+def identifies_as_before(result, galleries) -> None:
+    """The run succeeded, naming every face as the int8 gallery's first identify did."""
+    assert result.returncode == 0, result.stderr
+    assert names([json.loads(line) for line in result.stdout.splitlines()]) == names(
+        galleries["int8"]["results"]
+    )
+
+
+def test_a_tampered_cache_that_still_loads_is_named_and_made_again(galleries, private):
+    """It made every face "unknown 0.705" with exit 0."""
+    cache = private["cache"]
+    record = torch.load(cache, weights_only=True)
+    for name, tensor in record["state_dict"].items():
+        if tensor.is_floating_point():
+            record["state_dict"][name] = tensor * 1.5
+    torch.save(record, cache)
+
+    result = identify(private)
+    identifies_as_before(result, galleries)
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"{cache}: damaged: it ")  # its size, or else its checksum, differs
+    assert lines[0].endswith(f" recorded in {cache.name}.xxh128 when it was written; it is made again")
+    assert lines[1].startswith("calibrating int8 dlib-resnet on ")  # on the gallery's calibration photos
+    network = store.read(private["gallery"]).provenance.int8_network
+    assert recorded(cache) == [{"size": cache.stat().st_size, "xxh3_128": network["xxh3_128"]}]
+
+
+def test_random_bytes_in_the_cache_are_named_not_taken_for_a_missing_download(galleries, private):
+    """They gave `cannot download ... alex_lacamoire1.jpg`: calibrating again went for the demo photos."""
+    cache = private["cache"]
+    cache.write_bytes(os.urandom(cache.stat().st_size))
+    result = identify(private)
+    identifies_as_before(result, galleries)
+    assert result.stderr.splitlines()[0] == (
+        f"{cache}: damaged: it does not match the checksum recorded in {cache.name}.xxh128 when it was "
+        "written; it is made again"
+    )
+    assert "cannot download" not in result.stderr
+
+
+def test_a_gallery_is_not_searched_with_an_int8_network_calibrated_on_other_photos(
+    galleries, private, tmp_path
+):
+    """A deleted cache was calibrated again on other photos, and the gallery then searched with that
+    network, silently; now that is refused in one line, and a cache that is gone is made again from the
+    gallery's own calibration photos."""
+    cache = private["cache"]
+    cache.unlink()
+    other = tmp_path / "other"
+    for person in ("biden", "obama"):
+        shutil.copytree(galleries["int8"]["gallery"].parent / "people" / person, other / person)
+    indexed = run_cli(
+        "index", other, "--gallery", tmp_path / "other-gallery", "--backbone", "dlib-resnet", "--precision", "int8",
+        env=private["env"],
+    )  # fmt: skip
+    assert indexed.returncode == 0 and "calibrating int8 dlib-resnet on 4 faces" in indexed.stderr, (
+        indexed.stderr
+    )
+    made = store.read(private["gallery"]).provenance.int8_network["xxh3_128"]
+    other_network = recorded(cache)[0]["xxh3_128"]
+    assert other_network != made
+
+    refused = identify(private)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.splitlines() == [
+        f"Error: {private['gallery']}: its vectors were made by the int8 network {made[:12]}, but {cache} holds "
+        f"another ({other_network[:12]}, calibrated on 4 photos); delete {cache} to calibrate it again on the "
+        "gallery's 9 calibration photos, or index the photos into a new --gallery"
+    ]
+    cache.unlink()
+    healed = identify(private)
+    identifies_as_before(healed, galleries)
+    assert "calibrating int8 dlib-resnet on " in healed.stderr
+    assert recorded(cache)[0]["xxh3_128"] == made
+
+
+def test_an_int8_gallery_written_before_networks_were_recorded_still_identifies(galleries, private):
+    (version,) = (p for p in private["gallery"].iterdir() if store.VERSION_NAME.match(p.name))
+    with sqlite3.connect(version / store.DB_FILE) as db:
+        (text,) = db.execute("SELECT value FROM meta WHERE key = 'provenance'").fetchone()
+        old = {key: value for key, value in json.loads(text).items() if key != "int8_network"}
+        db.execute("UPDATE meta SET value = ? WHERE key = 'provenance'", (json.dumps(old),))
+    (version / store.MANIFEST_FILE).unlink()
+    write_manifest(version)
+    assert store.read(private["gallery"]).provenance.int8_network is None
+    identifies_as_before(identify(private), galleries)
 
 
 def test_gallery_records_its_precision_and_refuses_another(galleries):

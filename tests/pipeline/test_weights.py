@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import math
+
 import pytest
 import torch
 
+from facerec import integrity
 from facerec.errors import FacerecError
+from facerec.integrity import read_checked, write_checked
 from facerec.pipeline.weights import (
     RECORD_NAME,
     WeightFile,
@@ -111,3 +116,66 @@ def test_state_dicts_load_without_unpickling_code(tmp_path):
     torch.save([torch.ones(1)], not_a_dict)
     with pytest.raises(FacerecError, match="not a state dict"):
         load_state_dict(not_a_dict)
+
+
+def test_weights_holding_nan_or_infinity_are_refused_naming_the_first_such_tensor(tmp_path):
+    weights = tmp_path / "diverged.pt"
+    torch.save(
+        {"conv.weight": torch.ones(2), "bn.bias": torch.tensor([1.0, math.nan]), "fc": torch.ones(1) / 0},
+        weights,
+    )
+    with pytest.raises(FacerecError) as refused:
+        load_state_dict(weights)
+    assert str(refused.value) == (
+        f"{weights}: tensor bn.bias holds NaN or infinity; these weights cannot embed faces"
+    )
+    counts = tmp_path / "counts.pt"
+    torch.save({"steps": torch.tensor([3]), "w": torch.zeros(2)}, counts)  # integers cannot be NaN
+    assert set(load_state_dict(counts)) == {"steps", "w"}
+
+
+def test_a_weights_file_with_its_checksum_beside_it_is_checked_before_it_loads(tmp_path):
+    weights = tmp_path / "backbone.pt"
+    buffer = io.BytesIO()
+    torch.save({"w": torch.arange(4096, dtype=torch.float32)}, buffer)
+    write_checked(weights, buffer.getbuffer())
+    assert torch.equal(load_state_dict(weights)["w"], torch.arange(4096, dtype=torch.float32))
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 1024] = bytes(1024)  # 1 KiB of zeros in the middle: still loads
+    weights.write_bytes(bytes(data))
+    with pytest.raises(FacerecError) as refused:
+        load_state_dict(weights)
+    assert str(refused.value) == (
+        f"{weights}: damaged: it does not match the checksum recorded in backbone.pt.xxh128 when it was written"
+    )
+
+
+def test_a_checked_write_killed_at_any_step_leaves_a_file_its_record_accepts(tmp_path, monkeypatch):
+    """The record lists the new sum beside the old one before the file is replaced."""
+    target = tmp_path / "checkpoint.pt"
+    write_checked(target, b"epoch 1")
+    real = integrity.write_atomically
+    calls = []
+
+    def killed_at_the_file(path, write):
+        calls.append(path.name)
+        if path == target:
+            raise KeyboardInterrupt  # the process dies before the file is replaced
+        real(path, write)
+
+    monkeypatch.setattr(integrity, "write_atomically", killed_at_the_file)
+    with pytest.raises(KeyboardInterrupt):
+        write_checked(target, b"epoch 2")
+    assert calls == ["checkpoint.pt.xxh128", "checkpoint.pt"]
+    assert read_checked(target)[0] == b"epoch 1"  # the old file, still accepted
+    monkeypatch.setattr(integrity, "write_atomically", real)
+    write_checked(target, b"epoch 2")
+    assert read_checked(target)[0] == b"epoch 2" and len(integrity.recorded(target)) == 1
+
+
+def test_an_unreadable_record_refuses_its_file(tmp_path):
+    target = tmp_path / "backbone.pt"
+    write_checked(target, b"weights")
+    integrity.record_of(target).write_text("{not json")
+    with pytest.raises(FacerecError, match=r"its checksum record backbone\.pt\.xxh128 cannot be read"):
+        read_checked(target)

@@ -6,10 +6,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
-    """Run `python -m facerec ARGS` as a real subprocess with this test's environment."""
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300, **popen: Any
+) -> subprocess.CompletedProcess:
+    """Run `python -m facerec ARGS` as a real subprocess with this test's environment (`popen`: more
+    arguments for subprocess.run, such as preexec_fn)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run(
@@ -19,4 +23,5 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         capture_output=True,
         text=True,
         timeout=timeout,
+        **popen,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image
 from facerec.contract.registry import registry
 from facerec.errors import FacerecError, UsageError
 from facerec.gallery.local import folder as store
+from facerec.integrity import first_not_finite
 from facerec.pipeline.engine import build_pipeline
 from facerec.training.augment import FaceAugment
 from facerec.training.distributed import Processes
@@ -40,6 +42,14 @@ from support.gallery import shrink
 
 ALIGNED = SHARED / "faces" / "test_images_aligned"
 QUICK = ["--batch-size", "4", "--freeze", "block8", "--device", "cpu"]  # two steps per epoch
+
+
+def overwrite_middle(path: Path, size: int) -> None:
+    """`size` bytes in the middle of `path` overwritten, as a bad copy or a disk leaves them (same length)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + size] = bytes(range(256)) * (size // 256)
+    path.write_bytes(bytes(data))
 
 
 def settings(weights: Path, **changes) -> TrainSettings:
@@ -153,7 +163,9 @@ def test_train_resume_and_use_the_weights(cli, env, seeded_weights, face_cache, 
     assert "1 identity has a single image (alex_lacamoire): used only as negatives" in first.stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "backbone.pt",
+        "backbone.pt.xxh128",
         "checkpoint.pt",
+        "checkpoint.pt.xxh128",
         "loss.png",
         "metrics.jsonl",
     ]
@@ -196,6 +208,25 @@ def test_train_resume_and_use_the_weights(cli, env, seeded_weights, face_cache, 
         "index", ALIGNED, "--weights", out / "backbone.pt", "--detector", "none", "--gallery", gallery
     )
     assert indexed.returncode == 0, indexed.stderr
+
+    damaged = Path(shutil.copytree(out, tmp_path / "damaged"))
+    for name in ("checkpoint.pt", "backbone.pt"):
+        overwrite_middle(damaged / name, 1024)
+    resumed = cli(
+        "train", KNN_TRAIN, "--out", damaged, "--face-cache", face_cache, "--epochs", "3", "--resume", env=env
+    )
+    assert resumed.returncode == 1 and resumed.stdout == ""
+    assert resumed.stderr.splitlines() == [
+        f"Error: {damaged / 'checkpoint.pt'}: damaged: it does not match the checksum recorded in "
+        "checkpoint.pt.xxh128 when it was written; it cannot be resumed (start a new --out)"
+    ]
+    face = ALIGNED / "angelina_jolie" / "1.png"
+    refused = cli("embed", face, "--weights", damaged / "backbone.pt", "--detector", "none")
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        f"Error: {damaged / 'backbone.pt'}: damaged: it does not match the checksum recorded in "
+        "backbone.pt.xxh128 when it was written"
+    ]
 
 
 def test_dry_run_runs_one_step_and_writes_nothing(cli, env, seeded_weights, face_cache, tmp_path):
@@ -356,6 +387,48 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_the_last_good_epoch(
     assert (out / "loss.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_weights_an_epoch_leaves_not_finite_never_reach_backbone_pt(
+    seeded_weights, face_cache, tmp_path, monkeypatch
+):
+    """An update can overflow the weights from finite gradients; after an epoch's last step no later
+    loss says so, and the weights went into backbone.pt and checkpoint.pt as they were."""
+    finished = Trainer.epoch
+
+    def overflowing(self, epoch, progress):
+        record = finished(self, epoch, progress)
+        with torch.no_grad():
+            self.network.last_linear.weight[0, 0] = math.inf  # what an overflowing last update leaves
+        return record
+
+    monkeypatch.setattr(Trainer, "epoch", overflowing)
+    out = tmp_path / "run"
+    with pytest.raises(FacerecError) as raised:
+        train(
+            settings(seeded_weights, epochs=1),
+            out,
+            device="cpu",
+            cache_root=face_cache,
+            report=lambda _: None,
+        )
+    assert str(raised.value) == (
+        "training diverged at epoch 1, step 2 of 2 (its update left last_linear.weight not finite); nothing "
+        f"was written to {out}; try a lower --lr than 0.05 in a new --out"
+    )
+    assert not out.exists()
+
+
+def test_run_files_never_hold_tensors_that_are_not_finite(tmp_path):
+    run = RunFolder(tmp_path)
+    with pytest.raises(
+        FacerecError, match=r"checkpoint\.pt: not written: tensor model/w holds NaN or infinity"
+    ):
+        run.save_checkpoint({"epoch": 1, "model": {"w": torch.tensor([0.0, math.nan])}})
+    assert list(tmp_path.iterdir()) == []
+    torch.save({"format": 1, "model": {"w": torch.tensor([math.inf])}}, run.checkpoint)  # from elsewhere
+    with pytest.raises(FacerecError, match=r"tensor model/w holds NaN or infinity; it cannot be resumed"):
+        run.load_checkpoint()
+
+
 def test_a_run_diverging_in_its_first_epoch_writes_nothing(seeded_weights, face_cache, tmp_path):
     out = tmp_path / "run"
     diverging = settings(seeded_weights, optimizer="sgd", lr=1e6, freeze="mixed_6a", epochs=1)
@@ -398,9 +471,10 @@ def test_a_diverging_head_stops_in_one_line_and_keeps_the_last_good_epoch(cli, s
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: training diverged at epoch "), result.stderr
     diverged = int(last.split()[5])
-    assert last == (
-        f"Error: training diverged at epoch {diverged} (the loss is nan); {out} keeps the files of epoch "
-        f"{diverged - 1}; try a lower --lr than 1e+30 in a new --out"
+    assert last == (  # its loss was still finite: the epoch whose update overflowed is not kept either
+        f"Error: training diverged at epoch {diverged} (its update left weight not finite); {out} keeps the "
+        f"files of epoch {diverged - 1}; try a lower --lr than 1e+30 in a new --out"
     )
     assert [m["epoch"] for m in strict_json_lines(out / "metrics.jsonl")] == list(range(1, diverged))
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == diverged - 1
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == diverged - 1 and first_not_finite(checkpoint) is None

@@ -1,5 +1,5 @@
 """The `local` store's format (facerec_plugins/stores/local.py): a gallery in a folder, never half-written,
-checked on every open.
+every file checked as it is read.
 
 A gallery is a folder:
 
@@ -10,7 +10,7 @@ A gallery is a folder:
         gallery.sqlite           meta (what made the vectors, which head), entries, skipped images
         vectors.npy              float32 (N, D) unit embeddings; row i is entry vector_id i
         head/                    the fitted head's own files (FAISS index, classifier weights)
-        manifest.json            the size and SHA-256 of every other file of the version
+        manifest.json            the size, SHA-256 and block checksums of every other file of the version
 
 A write builds the new version in a `.tmp-*` folder beside the others, fsyncs every file, renames the
 folder to its version name, then replaces CURRENT (write a temporary file, fsync, os.replace, fsync the
@@ -19,11 +19,16 @@ or the new complete one; leftovers of a killed write are removed by the next wri
 the current one is kept, so a reader that has just read CURRENT still finds its files (and a damaged
 current version has an older one to fall back to).
 
-Disks and people damage files all the same. Opening a version checks every file against the manifest:
-sizes always, SHA-256 for files up to HASHED_ON_OPEN bytes (every file with `full`), and the vectors'
-shape against the entries. A damaged gallery is refused with one line saying what is wrong; a writer
-(`recover`) gets the newest version whose entries can be read, with what of it must be rebuilt.
-Galleries written before manifests existed still open: their vectors are checked by shape and size.
+Disks and people damage files all the same, and a damaged file that still parses answers wrongly and
+quietly. So no file is used without checking its bytes against the manifest (facerec.gallery.local.manifest),
+each when it is read: opening a version checks every size, the vectors' shape against the entries, the
+database's bytes, and (`read`, for the readers that search) the head's files, just before the head reads
+them (heads load from a folder path, so each file is read once to check it, then by the head);
+`vectors()` checks the vectors' bytes as it maps them (once: they are parsed from the very bytes
+checked). A reader refuses a damaged file in one line naming it. A writer (`recover`) checks everything it would carry over: it gets the newest
+version whose entries can be read, with what of it must be rebuilt, and the rows whose vectors are damaged
+set aside so that they are embedded again rather than copied. Galleries written before block checksums
+are checked by their SHA-256s, and those written before manifests by their sizes and shapes.
 
 Nothing here is pickle: SQLite, .npy read with allow_pickle=False, JSON, and what each head writes.
 """
@@ -34,6 +39,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import mmap
 import os
 import re
 import shutil
@@ -48,9 +54,14 @@ import numpy as np
 
 from facerec.contract.registry import registry
 from facerec.errors import FacerecError, GalleryBusy
+from facerec.gallery.local.manifest import (
+    MANIFEST_FILE,
+    read_manifest,
+    rows_in_blocks,
+    write_manifest,
+)
 from facerec.gallery.provenance import Provenance
 from facerec.gallery.records import Entry, Skipped, now
-from facerec.pipeline.weights import sha256_file
 
 if TYPE_CHECKING:
     from facerec.contract.parts import Head
@@ -61,11 +72,10 @@ LOCK_FILE = "LOCK"
 DB_FILE = "gallery.sqlite"
 VECTORS_FILE = "vectors.npy"
 HEAD_FOLDER = "head"
-MANIFEST_FILE = "manifest.json"
 TEMP_PREFIX = ".tmp-"
 VERSION_NAME = re.compile(r"^v(\d{6,})-[0-9a-f]{8}$")
-HASHED_ON_OPEN = 16 * 2**20  # hashing 16 MiB takes about 10 ms; bigger files are hashed by `--repair`
 HEAL = "`facerec gallery --repair` (or `facerec index DIR`) rebuilds what can be rebuilt"
+SHOWN_RANGES = 3  # damaged row ranges named in a message
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -101,13 +111,17 @@ class Contents:
     entries: list[Entry]
     vectors: np.ndarray
     skipped: list[Skipped]
+    people: dict[str, Any] | None = None  # the people record (facerec.people.book), in `meta`
 
 
 class Snapshot:
-    """One committed version of a gallery, read-only, its files checked (see the module docstring).
+    """One committed version of a gallery, read-only, each file checked when read (see the module
+    docstring).
 
     Entries and vectors load on demand. `damage` maps the parts that cannot be trusted (`vectors`,
-    `head`) to what is wrong with them; a version whose database cannot be read raises Unusable.
+    `head`, and `rows` when only some rows' vectors are damaged) to what is wrong with them; a version
+    whose database cannot be read raises Unusable. A writer's snapshot (`recover`) has been checked
+    whole, and leaves out the rows whose vectors are damaged: `dropped` holds their entries.
     """
 
     def __init__(self, path: Path, version: str, full: bool = False) -> None:
@@ -116,8 +130,10 @@ class Snapshot:
         self.folder = path / version
         if not self.folder.is_dir():
             raise Unusable(f"{version} is missing")
-        recorded, manifest_problem = _read_manifest(self.folder)
-        self._db, self.meta, self.provenance = _open_db(self.folder, recorded, full)
+        self._manifest, manifest_problem = read_manifest(self.folder)
+        self._full = full  # SHA-256 too, on top of the block checksums
+        self._checked: dict[str, str | None] = {}  # file -> what is wrong with its bytes, once read
+        self._db, self.meta, self.provenance = self._open_db()
         if self.meta.get("format", 0) > FORMAT:
             self._db.close()
             raise FacerecError(
@@ -126,114 +142,191 @@ class Snapshot:
         self.written_at: str | None = self.meta.get("written_at")
         self.head_name: str = self.meta["head"]
         self.head_options: dict[str, Any] = self.meta["head_options"]
-        if manifest_problem is None and recorded is None and "manifest" in self.meta:
+        self._count: int = self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        self._matrix: np.ndarray | None = None  # every row's vector, checked
+        self._bad_rows = np.zeros(0, dtype=np.int64)  # rows whose vectors' bytes are damaged
+        self._rows: np.ndarray | None = None  # a writer's: the rows kept (the others are `dropped`)
+        self.dropped: list[Entry] = []
+        if manifest_problem is None and self._manifest is None and "manifest" in self.meta:
             manifest_problem = f"{MANIFEST_FILE} is missing"
-        self.damage = _damage(self.folder, recorded, full, len(self), self.provenance.embedding_size)
+        self.damage = self._damage()
         if manifest_problem is not None:  # the head's files cannot be checked: it is fitted again
             self.damage["head"] = "; ".join(filter(None, [manifest_problem, self.damage.get("head")]))
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        return self._count if self._rows is None else len(self._rows)
+
+    def __bool__(self) -> bool:
+        """A version is there even with no rows (all of them damaged, say): callers test `if snapshot`."""
+        return True
 
     def describe_damage(self) -> str:
         """What is wrong with this version's files, in one line."""
         return "; ".join(self.damage.values())
 
     def entries(self) -> list[Entry]:
-        """Every enrolled face, in vector order."""
+        """Every enrolled face, in vector order (a writer's snapshot: those whose vectors are intact)."""
         rows = self._db.execute(
             "SELECT identity, source, sha256, box, enrolled_at FROM entries ORDER BY vector_id"
         )
-        return [Entry(i, src, sha, _box(box), at) for i, src, sha, box, at in rows]
+        every = [Entry(i, src, sha, _box(box), at) for i, src, sha, box, at in rows]
+        return every if self._rows is None else [every[row] for row in self._rows]
+
+    def people(self) -> dict[str, Any] | None:
+        """The people record of this version (facerec.people.book), None before any `facerec cluster`."""
+        return self.meta.get("people")
 
     def skipped(self) -> list[Skipped]:
         return [Skipped(*row) for row in self._db.execute("SELECT source, sha256, reason FROM skipped")]
 
     def identities(self) -> dict[str, int]:
         """Enrolled faces per identity, by name."""
+        if self._rows is not None:
+            counts: dict[str, int] = {}
+            for entry in self.entries():
+                counts[entry.identity] = counts.get(entry.identity, 0) + 1
+            return dict(sorted(counts.items()))
         rows = self._db.execute("SELECT identity, count(*) FROM entries GROUP BY identity ORDER BY identity")
         return dict(rows.fetchall())
 
     def vectors(self, rows: Sequence[int] | None = None) -> np.ndarray:
-        """The (N, D) float32 embeddings, memory-mapped; or a copy of those of `rows`."""
-        matrix = np.load(self.folder / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+        """The (N, D) float32 embeddings, mapped read-only from the checked file; or a copy of those of
+        `rows`. GalleryDamaged when a row asked for is damaged."""
+        matrix = self._checked_vectors()
+        if self._rows is not None:
+            rows = self._rows if rows is None else self._rows[np.asarray(rows, dtype=np.int64)]
+        elif len(self._bad_rows) and (rows is None or np.isin(rows, self._bad_rows).any()):
+            raise self._damaged(self.damage["rows"])
         return matrix if rows is None else np.asarray(matrix[np.asarray(rows, dtype=np.int64)])
 
     def load_head(self) -> Head:
-        """The fitted head, built with the recorded options and loaded from this version's files."""
+        """The fitted head, built with the recorded options and loaded from this version's files, each
+        checked before the head reads it."""
+        self.check_head()
+        if "head" in self.damage:
+            raise self._damaged(self.damage["head"])
         head = registry().create("head", self.head_name, **self.head_options)
         head.load(self.folder / HEAD_FOLDER)
         return head
 
+    def check_for_writer(self) -> None:
+        """Read and check every file a write would carry over (vectors, head), so that `damage` is
+        complete, and set aside the rows whose vectors are damaged (`dropped`): a write embeds those
+        again from their photos instead of copying them."""
+        if "vectors" not in self.damage:
+            self._map_vectors()
+        self.check_head()
+        if len(self._bad_rows):
+            every = self.entries()
+            self._rows = np.setdiff1d(np.arange(self._count), self._bad_rows)
+            self.dropped = [every[row] for row in self._bad_rows]
+
+    def check_head(self) -> None:
+        """Read and check the bytes of the head's files (once), noting `damage["head"]`. Heads load from
+        a folder path, so each file is read twice: here, then by the head (from the page cache)."""
+        if "head" in self.damage or self._manifest is None:
+            return
+        names = sorted(name for name in self._manifest.files if name.startswith(f"{HEAD_FOLDER}/"))
+        problem = "; ".join(filter(None, map(self._file_problem, names)))
+        if problem:
+            self.damage["head"] = problem
+
     def close(self) -> None:
         self._db.close()
+
+    def _damaged(self, problem: str) -> GalleryDamaged:
+        return GalleryDamaged(f"{self.path}: gallery version {self.version} is damaged: {problem}; {HEAL}")
+
+    def _open_db(self) -> tuple[sqlite3.Connection, dict[str, Any], Provenance]:
+        """The version's database (read-only, its bytes checked first), its meta and provenance;
+        Unusable when it cannot be trusted."""
+        problem = self._file_problem(DB_FILE)
+        if problem is not None:
+            raise Unusable(f"{self.version}: {problem}")
+        db = None
+        try:
+            uri = f"{(self.folder / DB_FILE).resolve().as_uri()}?mode=ro&immutable=1"
+            db = sqlite3.connect(uri, uri=True)
+            meta = {key: json.loads(value) for key, value in db.execute("SELECT key, value FROM meta")}
+            db.execute("SELECT count(*) FROM entries").fetchone()
+            return db, meta, Provenance.from_record(meta["provenance"])
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as error:
+            if db is not None:
+                db.close()
+            raise Unusable(f"{self.version}: {DB_FILE} cannot be read ({error})") from None
+
+    def _file_problem(self, name: str) -> str | None:
+        """What is wrong with the bytes of file `name` (read once; None for a version without manifest)."""
+        if self._manifest is None:
+            return None
+        if name not in self._checked:
+            self._checked[name] = self._manifest.check_file(self.folder, name, self._full).problem
+        return self._checked[name]
+
+    def _damage(self) -> dict[str, str]:
+        """The parts of the version (`vectors`, `head`) whose files are not of the size and shape written
+        (no byte of them is read yet)."""
+        damage = {}
+        file = self.folder / VECTORS_FILE
+        manifest = self._manifest
+        vectors = manifest.size_problem(self.folder, VECTORS_FILE) if manifest else None
+        vectors = vectors or _vectors_problem(file, self._count, self.provenance.embedding_size)
+        if vectors is not None:
+            damage["vectors"] = vectors
+        head = self.folder / HEAD_FOLDER
+        if not head.is_dir() or not any(head.iterdir()):
+            damage["head"] = f"{HEAD_FOLDER}/ is missing" if not head.is_dir() else f"{HEAD_FOLDER}/ is empty"
+        elif manifest is not None:
+            names = {name for name in manifest.files if name.startswith(f"{HEAD_FOLDER}/")}
+            present = {p.relative_to(self.folder).as_posix() for p in head.rglob("*") if p.is_file()}
+            problems = [manifest.size_problem(self.folder, name) for name in sorted(names | present)]
+            if any(problems):
+                damage["head"] = "; ".join(filter(None, problems))
+        return damage
+
+    def _checked_vectors(self) -> np.ndarray:
+        """Every row's vector, checked; GalleryDamaged when the file is damaged as a whole."""
+        if self._matrix is None and "vectors" not in self.damage:
+            self._map_vectors()
+        if "vectors" in self.damage:
+            raise self._damaged(self.damage["vectors"])
+        return self._matrix
+
+    def _map_vectors(self) -> None:
+        """Map vectors.npy and parse the matrix from the very bytes checked; note damaged rows in
+        `damage["rows"]`, or the file in `damage["vectors"]` when it is damaged as a whole."""
+        file, width = self.folder / VECTORS_FILE, self.provenance.embedding_size
+        if self._manifest is None:  # written before manifests: its shape and size were checked
+            self._matrix = np.load(file, mmap_mode="r", allow_pickle=False)
+            return
+        with open(file, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        check = self._manifest.check_bytes(VECTORS_FILE, memoryview(mapped), self._full)
+        offset = len(mapped) - self._count * width * 4  # the size is as recorded: the header is before
+        if check.problem is not None and check.bad_blocks is not None:
+            block = self._manifest.block
+            bad = rows_in_blocks(check.bad_blocks, block, offset, width * 4, self._count)
+            self._bad_rows = np.fromiter(bad, dtype=np.int64)
+        if check.problem is not None and not len(self._bad_rows):
+            self.damage["vectors"] = check.problem
+            return
+        if check.problem is not None:
+            rows = f"rows {_ranges(self._bad_rows)} ({len(self._bad_rows)} of {self._count} faces)"
+            self.damage["rows"] = f"{check.problem} in {rows}"
+        matrix = np.frombuffer(mapped, np.float32, self._count * width, offset)
+        self._matrix = matrix.reshape(self._count, width)
 
 
 def _box(text: str | None) -> tuple[float, float, float, float] | None:
     return None if text is None else tuple(json.loads(text))
 
 
-def _open_db(folder: Path, recorded: dict | None, full: bool):
-    """The version's database (read-only), its meta and provenance; Unusable when it cannot be trusted."""
-    problem = _file_problem(folder, DB_FILE, recorded, full) if recorded else None
-    if problem is not None:
-        raise Unusable(f"{folder.name}: {problem}")
-    db = None
-    try:
-        db = sqlite3.connect(f"{(folder / DB_FILE).resolve().as_uri()}?mode=ro&immutable=1", uri=True)
-        meta = {key: json.loads(value) for key, value in db.execute("SELECT key, value FROM meta")}
-        db.execute("SELECT count(*) FROM entries").fetchone()
-        return db, meta, Provenance.from_record(meta["provenance"])
-    except (sqlite3.Error, ValueError, KeyError, TypeError) as error:
-        if db is not None:
-            db.close()
-        raise Unusable(f"{folder.name}: {DB_FILE} cannot be read ({error})") from None
-
-
-def _read_manifest(folder: Path) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
-    """The recorded files of a version (None for a version written before manifests), and what is wrong
-    with the manifest itself."""
-    try:
-        files = json.loads((folder / MANIFEST_FILE).read_text("utf-8"))["files"]
-    except FileNotFoundError:
-        return None, None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, f"{MANIFEST_FILE} is unreadable"
-    return files, None
-
-
-def _file_problem(folder: Path, name: str, recorded: dict[str, dict[str, Any]], full: bool) -> str | None:
-    """What is wrong with file `name` of a version against its manifest record, or None."""
-    expected = recorded.get(name)
-    if expected is None:
-        return f"{name} is not in {MANIFEST_FILE}"
-    try:
-        size = (folder / name).stat().st_size
-    except FileNotFoundError:
-        return f"{name} is missing"
-    if size != expected["size"]:
-        return f"{name} is {size} bytes, expected {expected['size']}"
-    if (full or size <= HASHED_ON_OPEN) and sha256_file(folder / name) != expected["sha256"]:
-        return f"{name} does not match its recorded SHA-256"
-    return None
-
-
-def _damage(folder: Path, recorded: dict | None, full: bool, rows: int, width: int) -> dict[str, str]:
-    """The parts of a version (`vectors`, `head`) whose files are not as written, with why."""
-    damage = {}
-    vectors = _file_problem(folder, VECTORS_FILE, recorded, full) if recorded else None
-    vectors = vectors or _vectors_problem(folder / VECTORS_FILE, rows, width)
-    if vectors is not None:
-        damage["vectors"] = vectors
-    head = folder / HEAD_FOLDER
-    if not head.is_dir() or not any(head.iterdir()):
-        damage["head"] = f"{HEAD_FOLDER}/ is missing" if not head.is_dir() else f"{HEAD_FOLDER}/ is empty"
-    elif recorded:
-        names = [name for name in recorded if name.startswith(f"{HEAD_FOLDER}/")]
-        problems = [p for p in (_file_problem(folder, name, recorded, full) for name in names) if p]
-        if problems:
-            damage["head"] = "; ".join(problems)
-    return damage
+def _ranges(rows: np.ndarray) -> str:
+    """Ascending rows as ranges, the first few: `0-511, 2048-2559 and 3 more`."""
+    starts = [0, *np.flatnonzero(np.diff(rows) != 1) + 1]
+    spans = [(rows[a], rows[b - 1]) for a, b in zip(starts, [*starts[1:], len(rows)], strict=True)]
+    shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans[:SHOWN_RANGES])
+    return shown + (f" and {len(spans) - SHOWN_RANGES} more" if len(spans) > SHOWN_RANGES else "")
 
 
 def _vectors_problem(file: Path, rows: int, width: int) -> str | None:
@@ -260,7 +353,8 @@ def _vectors_problem(file: Path, rows: int, width: int) -> str | None:
 
 
 def read(path: Path) -> Snapshot | None:
-    """The gallery's current version, checked; None when nothing was ever written at `path`.
+    """The gallery's current version, its sizes, shapes, database and head checked (its vectors are
+    checked when read); None when nothing was ever written at `path`.
 
     A damaged gallery raises GalleryDamaged with one line that says what is wrong and what heals it.
     """
@@ -287,6 +381,7 @@ def _open_checked(path: Path, version: str) -> tuple[Snapshot | None, str | None
         snapshot = Snapshot(path, version)
     except Unusable as error:
         return None, f"gallery version {error}"
+    snapshot.check_head()  # what readers search with; only `vectors()` (a few readers) checks the vectors
     if not snapshot.damage:
         return snapshot, None
     snapshot.close()
@@ -295,8 +390,9 @@ def _open_checked(path: Path, version: str) -> tuple[Snapshot | None, str | None
 
 def recover(path: Path, full: bool = False) -> tuple[Snapshot | None, str | None]:
     """For a writer (lock held): the newest version whose entries can be read, and what is wrong with
-    the gallery (None when its current version is intact). The snapshot's `damage` names what of it
-    must be rebuilt. (None, None) for a gallery never written."""
+    the gallery (None when its current version is intact). Every file a write would carry over has been
+    checked: the snapshot's `damage` names what of it must be rebuilt, and it leaves out the rows whose
+    vectors are damaged (`dropped`). (None, None) for a gallery never written."""
     path = Path(path)
     try:
         version, problem = current(path), None
@@ -304,7 +400,7 @@ def recover(path: Path, full: bool = False) -> tuple[Snapshot | None, str | None
         version, problem = None, f"{CURRENT_FILE} does not name a version"
     if version is not None:
         try:
-            snapshot = Snapshot(path, version, full)
+            snapshot = _for_writer(path, version, full)
         except Unusable as error:
             problem = f"version {error}"
         else:
@@ -317,12 +413,18 @@ def recover(path: Path, full: bool = False) -> tuple[Snapshot | None, str | None
         return None, None
     for older in _versions(path):
         with contextlib.suppress(Unusable):
-            snapshot = Snapshot(path, older, full)
+            snapshot = _for_writer(path, older, full)
             damage = f" (itself damaged: {snapshot.describe_damage()})" if snapshot.damage else ""
             return snapshot, f"{problem}; going back to {older}, the newest readable version{damage}"
     raise FacerecError(
         f"{path}: {problem}, and no other version can be read; move the folder away and index again"
     )
+
+
+def _for_writer(path: Path, version: str, full: bool) -> Snapshot:
+    snapshot = Snapshot(path, version, full)
+    snapshot.check_for_writer()
+    return snapshot
 
 
 def current(path: Path) -> str | None:
@@ -444,7 +546,7 @@ def _write(path: Path, contents: Contents, head: Head, previous: str | None, liv
     _write_vectors(temp / VECTORS_FILE, contents.vectors)
     (temp / HEAD_FOLDER).mkdir()
     head.save(temp / HEAD_FOLDER)
-    _write_manifest(temp)
+    write_manifest(temp)
     _fsync_tree(temp)
     os.rename(temp, path / version)
     _fsync_folder(path)
@@ -464,6 +566,8 @@ def _write_db(target: Path, contents: Contents, previous: str | None) -> None:
         "previous": previous,
         "manifest": MANIFEST_FILE,
     }
+    if contents.people is not None:
+        meta["people"] = contents.people
     db = sqlite3.connect(target)
     try:
         db.execute("PRAGMA journal_mode = OFF")  # a fresh file in a private folder: fsync'd as a whole later
@@ -494,17 +598,6 @@ def _write_db(target: Path, contents: Contents, previous: str | None) -> None:
 
 def _write_vectors(target: Path, vectors: np.ndarray) -> None:
     np.save(target, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
-
-
-def _write_manifest(folder: Path) -> None:
-    """Record the size and SHA-256 of every file of the version being written."""
-    files = {}
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        files[file.relative_to(folder).as_posix()] = {
-            "size": file.stat().st_size,
-            "sha256": sha256_file(file),
-        }
-    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1) + "\n", "utf-8")
 
 
 def _replace_text(target: Path, text: str) -> None:

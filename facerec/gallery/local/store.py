@@ -55,6 +55,7 @@ class LocalStore:
             entries=[kept[row] for row in change.keep] + change.added,
             vectors=np.concatenate([np.asarray(old, np.float32), change.added_vectors(width)]),
             skipped=change.skipped,
+            people=change.people if change.people is not None or base is None else base.people(),
         )
         head = change.fitted_head or _carried_head(base, change) or _fitted(contents)
         return folder.write(self.path, contents, head, previous=base.version if base else None)
