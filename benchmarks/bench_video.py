@@ -111,28 +111,36 @@ def peer_worker(clip: str, path: str, limit: int) -> None:
 
 
 def facerec_side(path: Path, gallery: Path, env: dict[str, str]) -> dict:
+    """`facerec identify --json --per-frame` timed whole, and from its first printed frame (by then torch
+    and the models are loaded) to its end."""
     started = time.perf_counter()
-    command = [
-        sys.executable,
-        "-m",
-        "facerec",
-        "identify",
-        str(path),
-        "--gallery",
-        str(gallery),
-        "--json",
-        "--per-frame",
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    elapsed = time.perf_counter() - started
-    frames = [json.loads(line) for line in result.stdout.splitlines()]
-    return {"whole_s": elapsed, "frames": [[face["identity"] for face in frame["faces"]] for frame in frames]}
+    command = [sys.executable, "-m", "facerec", "identify", str(path), "--gallery", str(gallery)]
+    process = subprocess.Popen(
+        [*command, "--json", "--per-frame"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    lines, first = [], None
+    for line in process.stdout:
+        first = first or time.perf_counter()
+        lines.append(line)
+    if process.wait() != 0:
+        sys.exit("facerec identify failed")
+    done = time.perf_counter()
+    frames = [json.loads(line) for line in lines]
+    return {
+        "whole_s": done - started,
+        "work_s": done - first,
+        "first_frames": 1,
+        "frames": [[face["identity"] for face in frame["faces"]] for frame in frames],
+    }
 
 
 def summary(frames: list[list[str | None]], wrong: set[str], main: str | None) -> dict:
-    named = sum(main in faces for faces in frames) if main else sum(any(faces) for faces in frames)
-    bad = sum(any(name in wrong for name in faces) or (main and faces.count(main) > 1) for faces in frames)
-    return {"named": named, "wrong": bad}
+    """Frames naming the main person (or anyone, without one), and frames naming someone absent or the
+    main person twice (unknown for the crowd: "-")."""
+    if main is None:
+        return {"named": sum(any(faces) for faces in frames), "wrong": "-"}
+    bad = sum(any(name in wrong for name in faces) or faces.count(main) > 1 for faces in frames)
+    return {"named": sum(main in faces for faces in frames), "wrong": bad}
 
 
 def main() -> None:
@@ -198,11 +206,16 @@ def main() -> None:
             ours = facerec_side(path, gallery, env)
             count = len(ours["frames"])
             said = summary(ours["frames"], wrong, main_person)
-            fps = count / ours["whole_s"]
-            print(
-                f"| {clip} | facerec identify (whole process) | {count} | {ours['whole_s']:.2f} | {fps:.1f} | {fps / rate:.2f}x | {said['named']} | {said['wrong']} |",
-                flush=True,
-            )
+            for label, seconds, frames in (
+                ("facerec identify (whole process)", ours["whole_s"], count),
+                ("facerec identify (from its first frame out)", ours["work_s"], count - ours["first_frames"]),
+            ):
+                fps = frames / seconds
+                print(
+                    f"| {clip} | {label} | {count} | {seconds:.2f} | {fps:.1f} | {fps / rate:.2f}x "
+                    f"| {said['named']} | {said['wrong']} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

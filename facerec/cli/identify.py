@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from facerec import defaults
 from facerec.cli import echo_json, warn
 from facerec.cli.options import (
     aligner_options,
+    answer_options,
     backbone_options,
     detector_options,
     explicit_models,
@@ -28,17 +28,7 @@ UNKNOWN = "unknown"
 @click.command(name="identify")
 @click.argument("images", nargs=-1, required=True)
 @gallery_option
-@click.option(
-    "--threshold",
-    type=float,
-    help="Largest distance at which the nearest identity is accepted; beyond it the face is unknown. "
-    "Default: for the faiss head, the same-person distance the gallery's weights declare (Euclidean "
-    "between unit embeddings: vggface2 1.0, dlib-v1 0.38); for the classifier head 0.5 (probability "
-    "at least 0.5).",
-)
-@click.option(
-    "--top-k", type=click.IntRange(min=1), default=defaults.TOP_K, show_default=True, help="Candidates."
-)
+@answer_options
 @click.option(
     "--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per image (per video track)."
 )

@@ -196,3 +196,18 @@ def explicit_models(ctx: click.Context) -> dict[str, Any]:
     if options is not None:
         found["aligner_options"] = options
     return found
+
+
+answer_options = _stacked(
+    click.option(
+        "--threshold",
+        type=float,
+        help="Largest distance at which the nearest identity is accepted; beyond it the face is unknown. "
+        "Default: for the faiss head, the same-person distance the gallery's weights declare (Euclidean "
+        "between unit embeddings: vggface2 1.0, dlib-v1 0.38); for the classifier head 0.5 (probability "
+        "at least 0.5).",
+    ),
+    click.option(
+        "--top-k", type=click.IntRange(min=1), default=defaults.TOP_K, show_default=True, help="Candidates."
+    ),
+)

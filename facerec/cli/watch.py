@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from facerec import defaults
 from facerec.cli import warn
-from facerec.cli.options import gallery_option
+from facerec.cli.options import answer_options, gallery_option
 from facerec.cli.video import per_frame_option, stride_option
 
 
@@ -17,10 +16,7 @@ from facerec.cli.video import per_frame_option, stride_option
 @click.argument("source", required=False, default="")
 @click.option("--camera", type=click.IntRange(min=0), help="Camera number N: the device /dev/videoN.")
 @gallery_option
-@click.option("--threshold", type=float, help="As for `facerec identify`.")
-@click.option(
-    "--top-k", type=click.IntRange(min=1), default=defaults.TOP_K, show_default=True, help="Candidates."
-)
+@answer_options
 @click.option(
     "--json",
     "as_json",

@@ -221,3 +221,19 @@ def test_a_killed_cluster_run_leaves_the_state_before_it(env, clustered, tmp_pat
     assert people_json(env, work) == before
     after, _ = cluster(env, work, root / "photos", root / "kill")  # the next run proceeds
     assert {r["person"] for r in before if r["person"]} <= {r["person"] for r in after if r["person"]}
+
+
+def test_people_live_in_a_milvus_gallery_as_in_a_folder(env, tmp_path):
+    """The same run, name and identify on a Milvus Lite store: the people record travels with its state."""
+    library(tmp_path / "photos", [*PEOPLE][:8])
+    folder, milvus = tmp_path / "folder", f"milvus:{tmp_path / 'people.db'}"
+    in_folder, _ = cluster(env, folder, tmp_path / "photos")
+    in_milvus, _ = cluster(env, milvus, tmp_path / "photos")
+    assert partition(in_milvus) == partition(in_folder)
+    person = next(r["person"] for r in in_milvus if r["person"] and len(r["faces"]) >= 2)
+    named = run_cli("people", "--gallery", milvus, "name", person, "Someone", env=env)
+    assert named.returncode == 0, named.stderr
+    (face, *_) = next(r for r in people_json(env, milvus) if r["person"] == person)["faces"]
+    found = run_cli("identify", face["image"], "--gallery", milvus, "--json", env=env)
+    assert found.returncode == 0, found.stderr
+    assert "Someone" in [f["identity"] for f in json.loads(found.stdout)["faces"]]

@@ -10,7 +10,9 @@ downscaled run finds.
 from __future__ import annotations
 
 import json
-import resource
+import os
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -18,14 +20,23 @@ from PIL import Image
 from facerec.contract.faces import Face
 from facerec.pipeline.engine import detect_bounded
 from support import PHOTOS
-from support.cli import run_cli
 
 CAP = 3_000_000_000  # bytes of data segment; torch alone takes about 0.7 GB
 SIZE = (10_000, 6_000)  # 60 MP
 
 
-def capped() -> None:
-    resource.setrlimit(resource.RLIMIT_DATA, (CAP, CAP))
+# The cap is set by the child itself: a preexec_fn would run in a fork of this worker, whose other
+# threads (gRPC's, after a Milvus test in the same worker) do not survive a fork under a cap.
+CAPPED = (
+    "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_DATA, ({cap}, {cap})); "
+    "sys.argv = ['facerec', *sys.argv[1:]]; runpy.run_module('facerec', run_name='__main__')"
+)
+
+
+def capped_cli(*args: object, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`facerec ARGS` in a process whose data segment is capped at CAP bytes."""
+    command = [sys.executable, "-c", CAPPED.format(cap=CAP), *map(str, args)]
+    return subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +63,7 @@ def test_a_60_megapixel_photo_is_detected_within_a_memory_cap(detector, huge, en
     monkeypatch.setenv("TORCH_HOME", env["TORCH_HOME"])
 
     gray, photo = huge
-    result = run_cli("detect", gray, photo, "--detector", detector, "--json", env=env, preexec_fn=capped)
+    result = capped_cli("detect", gray, photo, "--detector", detector, "--json", env=env)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [record["image"] for record in records] == [str(gray), str(photo)]

@@ -10,11 +10,10 @@ import pytest
 from PIL import Image
 
 from support import SHARED
+from support.browser import chromium
 from support.gallery import shrink, weights_cache
 from support.serve import Server
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 KNOWN = (46, 204, 64)  # the page's colours for a named face and an unknown one (style.css, app.js)
 UNKNOWN = (255, 65, 54)
 
@@ -22,13 +21,8 @@ UNKNOWN = (255, 65, 54)
 @pytest.fixture(scope="module")
 def browser():
     """Chromium through Playwright; missing, it fails the test with what to install (never a skip)."""
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: apt-get install chromium (scripts/setup.sh does)"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")

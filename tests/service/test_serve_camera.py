@@ -9,10 +9,9 @@ from pathlib import Path
 import av
 import pytest
 
+from support.browser import chromium
 from support.serve import Server
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 CAMERA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 CAMERA_FRAMES, CAMERA_SIZE = 60, (640, 360)  # the fake camera loops the file: a short, small one will do
 WAIT_MS = 90_000
@@ -40,15 +39,9 @@ def camera_file(hamilton, target: Path) -> Path:
 def browser(hamilton, tmp_path_factory):
     """Chromium through Playwright with the clip as its camera; missing, it fails the test with what to
     install (never a skip)."""
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: apt-get install chromium (scripts/setup.sh does)"
     camera = camera_file(hamilton, tmp_path_factory.mktemp("camera") / "camera.y4m")
-    arguments = [*CHROMIUM_ARGS, *CAMERA_ARGS, f"--use-file-for-fake-video-capture={camera}"]
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=arguments)
+    with chromium([*CAMERA_ARGS, f"--use-file-for-fake-video-capture={camera}"]) as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")

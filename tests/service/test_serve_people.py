@@ -19,6 +19,7 @@ import requests
 from PIL import Image
 
 from support import FACES
+from support.browser import chromium
 from support.cli import run_cli
 from support.gallery import shrink, weights_cache
 from support.serve import Server, post_image
@@ -40,8 +41,6 @@ READ_KEY = "read-key-0123456789abcdef"
 WRITE_KEY = "write-key-0123456789abcdef"
 READ = {"Authorization": f"Bearer {READ_KEY}"}
 WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 @pytest.fixture(scope="module")
@@ -233,13 +232,8 @@ def test_a_face_thumbnail_is_a_small_jpeg_of_it(made, server):
 @pytest.fixture(scope="module")
 def browser():
     """Chromium through Playwright; missing, it fails the test with what to install (never a skip)."""
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: apt-get install chromium (scripts/setup.sh does)"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 def test_the_page_names_a_person(made, server, browser, tmp_path):

@@ -6,14 +6,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300, **popen: Any
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
-    """Run `python -m facerec ARGS` as a real subprocess with this test's environment (`popen`: more
-    arguments for subprocess.run, such as preexec_fn)."""
+    """Run `python -m facerec ARGS` as a real subprocess with this test's environment."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run(
@@ -23,5 +21,4 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
-        **popen,
     )
