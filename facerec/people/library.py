@@ -126,7 +126,7 @@ def _cluster(
     kept = [
         row for row, e in enumerate(entries) if not clustered(e) or hashes.get(e.file, e.sha256) == e.sha256
     ]
-    known = {(e.file, e.sha256) for row, e in enumerate(entries) if row in set(kept) and clustered(e)}
+    known = {(entries[row].file, entries[row].sha256) for row in kept if clustered(entries[row])}
     skipped_before = {s.source: s for s in (state.skipped() if state is not None else [])}
     todo = [
         p
@@ -135,40 +135,40 @@ def _cluster(
     ]
     report = ClusterReport(store.location, photos=len(files), embedded=len(todo))
     provenance = state.provenance if state is not None else None
-    added, vectors, skipped = (
-        [],
-        [],
-        [s for s in skipped_before.values() if hashes.get(s.source, s.sha256) == s.sha256],
-    )
+    skipped = [s for s in skipped_before.values() if hashes.get(s.source, s.sha256) == s.sha256]
+    added, vectors = [], []
     if todo:
         pipeline, provenance = open_pipeline(provenance, request, store.location)
-        for path, result in zip(todo, pipeline.run(todo), strict=True):
-            reason = result.error or (NO_FACE if not result.faces else None)
-            if reason is not None:
-                note(f"{path}: {reason}, skipped")
-                skipped.append(Skipped(str(path), hashes[str(path)], reason))
-                continue
-            for face, vector in zip(result.faces, result.embeddings, strict=True):
-                added.append(
-                    Entry(
-                        "",
-                        in_photo(str(path), face.box),
-                        hashes[str(path)],
-                        tuple(map(float, face.box)),
-                        now(),
-                    )
-                )
-                vectors.append(vector.numpy())
+        added, vectors, new_skipped = _new_faces(pipeline, todo, hashes, note)
+        skipped += new_skipped
+    if provenance.threshold is None:  # a gallery exists, or `todo` made one: provenance is set
+        raise FacerecError(f"{store.location}: the gallery's weights declare no same-person distance")
     report.skipped = [s for s in skipped if s.source in hashes]
     rows = [entries[row] for row in kept] + added
-    width = provenance.embedding_size if provenance is not None else 0
+    width = provenance.embedding_size
     old = state.vectors(kept) if state is not None and kept else np.zeros((0, width), np.float32)
     matrix = np.concatenate([np.asarray(old, np.float32), np.asarray(vectors, np.float32).reshape(-1, width)])
     people = people_of(state)
-    _regroup(people, rows, matrix, provenance.threshold or 0.0, rule, min_faces)
+    _regroup(people, rows, matrix, provenance.threshold, rule, min_faces)
     report.people, report.faces = people, sum(clustered(e) for e in rows)
     report.version = _commit(store, state, people, rows, matrix, kept, len(entries), skipped, provenance)
     return report
+
+
+def _new_faces(pipeline, photos: list[Path], hashes: dict[str, str], note: Note):
+    """Every face of `photos` as (entries, vectors), and the photos that gave none (skipped)."""
+    added, vectors, skipped = [], [], []
+    for path, result in zip(photos, pipeline.run(photos), strict=True):
+        reason = result.error or (NO_FACE if not result.faces else None)
+        if reason is not None:
+            note(f"{path}: {reason}, skipped")
+            skipped.append(Skipped(str(path), hashes[str(path)], reason))
+            continue
+        for face, vector in zip(result.faces, result.embeddings, strict=True):
+            box = tuple(map(float, face.box))
+            added.append(Entry("", in_photo(str(path), face.box), hashes[str(path)], box, now()))
+            vectors.append(vector.numpy())
+    return added, vectors, skipped
 
 
 def _still_skipped(before: dict[str, Skipped], path: Path, hashes: dict[str, str]) -> bool:
