@@ -151,7 +151,9 @@ def _cluster(
     people = people_of(state)
     _regroup(people, rows, matrix, provenance.threshold, rule, min_faces)
     report.people, report.faces = people, sum(clustered(e) for e in rows)
-    report.version = _commit(store, state, people, rows, matrix, kept, len(entries), skipped, provenance)
+    report.version = _commit(
+        store, state, people, rows, lambda indices: matrix[indices], kept, len(entries), skipped, provenance
+    )
     return report
 
 
@@ -208,8 +210,11 @@ def _regroup(
             people.faces[face] = made[label]
 
 
-def _commit(store, state, people: People, rows, matrix, kept, before: int, skipped, provenance) -> str | None:
-    """One commit: entries whose identity follows their person, the people record, the skipped photos."""
+def _commit(
+    store, state, people: People, rows, vectors, kept, before: int, skipped, provenance
+) -> str | None:
+    """One commit: entries whose identity follows their person, the people record, the skipped photos.
+    `vectors(indices)` gives the embeddings of those `rows` (only the re-added ones are read)."""
     renamed = [
         Entry(people.identity_of(e.face_id), e.source, e.sha256, e.box, e.enrolled_at) if clustered(e) else e
         for e in rows
@@ -219,7 +224,8 @@ def _commit(store, state, people: People, rows, matrix, kept, before: int, skipp
         for i, (a, b) in enumerate(zip(rows, renamed, strict=True))
         if i < len(kept) and a.identity == b.identity
     ]
-    again = [i for i in range(len(rows)) if i not in set(stay)]
+    staying = set(stay)
+    again = [i for i in range(len(rows)) if i not in staying]
     record = people.to_json()
     unchanged = (
         state is not None and not again and len(kept) == before and record == people_of(state).to_json()
@@ -228,8 +234,22 @@ def _commit(store, state, people: People, rows, matrix, kept, before: int, skipp
         return None
     head, options = head_choice(store, state, None, None)
     keep, added = [kept[i] for i in stay], [renamed[i] for i in again]
+    width = provenance.embedding_size
+    added_vectors = (
+        np.asarray(vectors(again), np.float32).reshape(-1, width) if again else np.zeros((0, width))
+    )
     return store.commit(
-        state, Change(provenance, head, options, keep, added, matrix[again], skipped, people=record)
+        state,
+        Change(
+            provenance,
+            head,
+            options,
+            keep,
+            added,
+            added_vectors,
+            skipped,
+            people=record,
+        ),
     )
 
 
@@ -248,8 +268,8 @@ def edit(gallery: str | os.PathLike | Store, change: Callable[[People], Any]) ->
             people.known_faces = {e.face_id for e in rows if clustered(e)}
             answer = change(people)
             kept = list(range(len(rows)))
-            matrix = np.asarray(state.vectors(), np.float32)
-            _commit(store, state, people, rows, matrix, kept, len(rows), state.skipped(), state.provenance)
+            vectors = state.vectors  # rows are the state's own: index i is row i
+            _commit(store, state, people, rows, vectors, kept, len(rows), state.skipped(), state.provenance)
             return answer
         finally:
             state.close()

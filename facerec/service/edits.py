@@ -41,7 +41,7 @@ from facerec.gallery.names import NameRefused, identity_name
 from facerec.gallery.provenance import Provenance
 from facerec.gallery.records import Change, Entry, Skipped, now, unchanged
 from facerec.service.errors import ServiceError
-from facerec.service.view import check_models, face_id
+from facerec.service.view import check_models
 
 if TYPE_CHECKING:
     from facerec.contract.parts import GalleryState, Store
@@ -70,7 +70,7 @@ class Enrolled:
     created: bool
 
     def to_json(self) -> dict:
-        return {"identity": self.entry.identity, "face_id": face_id(self.entry), "box": list(self.entry.box)}
+        return {"identity": self.entry.identity, "face_id": self.entry.face_id, "box": list(self.entry.box)}
 
 
 def uploads_folder(store: Store) -> Path:
@@ -115,9 +115,7 @@ def _enrolled_before(entries: list[Entry], source: str, identity: str) -> Enroll
     """The entry of this very photo, when it is enrolled already; ServiceError 409 under another name."""
     same = next((entry for entry in entries if entry.source == source), None)
     if same is not None and same.identity != identity:
-        raise ServiceError(
-            409, f"this photo is already enrolled as face {face_id(same)} of {same.identity!r}"
-        )
+        raise ServiceError(409, f"this photo is already enrolled as face {same.face_id} of {same.identity!r}")
     return None if same is None else Enrolled(same, created=False)
 
 
@@ -140,7 +138,7 @@ def delete(store: Store, identity: str, face: str | None = None) -> None:
     """Delete face `face` of `identity`, or (None) every face of it; ServiceError 404 when not there."""
 
     def gone(entry: Entry) -> bool:
-        return entry.identity == identity and face in (None, face_id(entry))
+        return entry.identity == identity and face in (None, entry.face_id)
 
     uploads = uploads_folder(store)
     with _writing(store):

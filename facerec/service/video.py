@@ -127,8 +127,12 @@ def follow_upload(
             source = VideoSource(spooled.name, live=False)
         except FacerecError as error:
             raise ServiceError(400, str(error).replace(spooled.name, name)) from None
-        with models.pixels.reserve(name, source.size, held_frames(following.stride)):
-            tracks = _tracks(following, source, name, stop)
+        try:
+            with models.pixels.reserve(name, source.size, held_frames(following.stride)):
+                events = following.follow(source, stop, name)
+                tracks = [event.to_json() for event in events if isinstance(event, TrackReport)]
+        finally:
+            source.close()  # read to its end it is closed already; refused (413, 503) it is not
         said = source.summary()
         problem = said.replace(spooled.name, name).removeprefix(f"{name}: ") if said else None
     if source.decoded == 0:
@@ -137,15 +141,3 @@ def follow_upload(
     if problem:
         answer["warning"] = f"{name}: {problem}"
     return answer
-
-
-def _tracks(following: Follower, source: VideoSource, name: str, stop: Callable[[], bool]) -> list[dict]:
-    """Every track of `source` (reported as `name`) as `facerec identify CLIP --json` prints it."""
-    session = following.session(name, source.fps, live=False)
-    found = []
-    for frame in source.frames():
-        found += [event.to_json() for event in session.take(frame) if isinstance(event, TrackReport)]
-        if stop():
-            break
-    found += [event.to_json() for event in session.finish() if isinstance(event, TrackReport)]
-    return found

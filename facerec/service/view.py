@@ -13,7 +13,6 @@ keeps its id across versions, processes and restarts.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,19 +24,11 @@ from facerec.gallery.records import Entry
 if TYPE_CHECKING:
     from facerec.contract.parts import Head, Store
 
-FACE_ID_LENGTH = 16  # hex digits of the SHA-256 of the source: 64 bits, no collision in any gallery
-
-
-def face_id(entry: Entry) -> str:
-    """The face's stable id: it depends only on the entry's source."""
-    digest = hashlib.sha256(entry.source.encode("utf-8", "surrogateescape")).hexdigest()
-    return digest[:FACE_ID_LENGTH]
-
 
 def face_json(entry: Entry) -> dict[str, Any]:
     """One face of GET /v1/identities/{identity}."""
     return {
-        "face_id": face_id(entry),
+        "face_id": entry.face_id,
         "box": None if entry.box is None else list(entry.box),
         "source": entry.source,
         "added": entry.enrolled_at,

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import torch
 from PIL import Image
 
 from facerec.contract.faces import Face
@@ -111,9 +112,12 @@ class Follower:
         self.stride = stride
         self.resume_within = identifier.distance_threshold  # None (a probability head): no re-finding
 
-    def follow(self, source: VideoSource, stop: Callable[[], bool] | None = None) -> Following:
-        """See the module docstring; the source is read once, until it ends or `stop()` says True."""
-        return Following(source, self._events(source, stop))
+    def follow(
+        self, source: VideoSource, stop: Callable[[], bool] | None = None, name: str | None = None
+    ) -> Following:
+        """See the module docstring; the source is read once, until it ends or `stop()` says True.
+        `name` names the video in the reports (default: the source's own, a path or URL)."""
+        return Following(source, self._events(source, stop, name or source.name))
 
     def session(self, name: str, fps: float, live: bool) -> Session:
         """Follow frames the caller pushes (`take` each, then `finish`): frames from a browser's camera,
@@ -121,9 +125,9 @@ class Follower:
         return Session(self, name, fps, live)
 
     def _events(
-        self, source: VideoSource, stop: Callable[[], bool] | None
+        self, source: VideoSource, stop: Callable[[], bool] | None, name: str
     ) -> Iterator[FrameReport | TrackReport]:
-        run = self.session(source.name, source.fps, source.live)
+        run = self.session(name, source.fps, source.live)
         for frame in source.frames():
             yield from run.take(frame)
             if stop is not None and stop():
@@ -240,8 +244,6 @@ class Session:
             track.views = sorted([*track.views, (value, vector)], key=lambda view: -view[0])[:VIEWS]
             touched.append(track)
         embeddings = [track.embedding() for track in touched]
-        import torch
-
         head, top_k = self.follower.identifier.head, self.follower.top_k
         found_candidates = named_candidates(head, torch.stack(embeddings), top_k)
         for track, candidates in zip(touched, found_candidates, strict=True):

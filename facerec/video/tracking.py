@@ -159,13 +159,13 @@ class Tracker:
     ) -> Track:
         """The lost track whose embedding lies within `within` of the face's (the nearest), carried on with
         it; else a new track. Resumed tracks are not interpolated across the gap."""
-        lost = [t for t in self.tracks if t.lost_since is not None and t.embedding() is not None]
+        lost = [(t, t.embedding()) for t in self.tracks if t.lost_since is not None and t.views]
         if embedding is not None and lost:
-            distances = [float((t.embedding() - embedding).norm()) for t in lost]
+            distances = [float((mean - embedding).norm()) for _, mean in lost]
             nearest = int(np.argmin(distances))
             if distances[nearest] <= within:
-                self._extend(lost[nearest], frame, moment, face)
-                return lost[nearest]
+                self._extend(lost[nearest][0], frame, moment, face)
+                return lost[nearest][0]
         track = Track(0, [Sighting(frame, moment, face)])  # numbered when confirmed
         self.tracks.append(track)
         return track
