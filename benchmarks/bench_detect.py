@@ -1,6 +1,18 @@
-"""Face detection speed: MTCNN over every photo in ../shared/faces, whole process, facerec against facenet-pytorch.
+"""Face detection: every built-in detector side by side, then MTCNN against facenet-pytorch.
 
-Each side runs in a fresh process, as a user would run it, on the same images in the same order:
+Detectors (one process, the detectors built from the registry as `facerec detect --detector NAME` builds
+them, their files already in a cache or installed): ms per photo on the shared photos
+(../shared/faces/photos and ../shared/faces/knn/test) scaled to 640 px and to 1920 px on their long side,
+and per frame of the Hamilton clip (640x360), one frame at a time as `facerec identify CLIP` detects, and
+eight at a time. Each image goes through `facerec.pipeline.engine.detect_bounded`, the pipeline's own
+call (a detector's `max_pixels` applies). Rounds repeat every measurement, the detectors taking turns on
+each image, and each image's best round counts. Recall: on the photos at each size, the faces found by
+any detector (boxes of different detectors overlapping at IoU 0.5 or more are one face) are the union;
+each detector's count of them is printed, of those that two detectors or more found (the union holds
+every detector's false positives), and of MTCNN's. A detector that is not registered is skipped, and
+the table says so.
+
+Peer (whole processes, as a user runs them), over every photo in ../shared/faces:
 
 - facenet-pytorch: a script that builds `MTCNN(keep_all=True)` and calls `detect(image, landmarks=True)`
   on each photo, opened with PIL (EXIF orientation applied, RGB), and writes what it found as JSON Lines.
@@ -14,7 +26,7 @@ seconds) for the CPUs to go idle, and the table says how many cores other proces
 sides use torch's default threads. Detections are identical when every image has the same number of
 faces and each pair, both largest first, overlaps at IoU 0.95 or more with scores within 0.01.
 
-    .venv/bin/python benchmarks/bench_detect.py [--rounds 3]
+    .venv/bin/python benchmarks/bench_detect.py [--rounds 3] [--frames 40] [--skip detectors|peer]
 """
 
 from __future__ import annotations
@@ -32,12 +44,25 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_embed import PEER, busy_cpu_seconds, ensure_peer, wait_for_idle
+from bench_embed import PEER, busy_cpu_seconds, ensure_peer, mtcnn_home, wait_for_idle
+from bench_memory import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 SIDES = ("facenet-pytorch", "facerec")
+# (column, registered name, options): the far-faces model of blazeface too, its default being for selfies
+DETECTORS = (
+    ("mtcnn", "mtcnn", {}),
+    ("dlib-cnn", "dlib-cnn", {}),
+    ("centerface", "centerface", {}),
+    ("blazeface", "blazeface", {}),
+    ("blazeface full", "blazeface", {"range": "full"}),
+)
+SIZES = (640, 1920)
+CLIP = SHARED / "video" / "short_hamilton_clip.mp4"
+SAME_FACE = 0.5  # IoU at which two detectors' boxes are one face
+BATCH = 8
 
 
 def photos() -> list[Path]:
@@ -147,6 +172,165 @@ def table(best: dict[str, dict], count: int, agree: dict) -> str:
     return "\n".join(lines)
 
 
+# The detectors, side by side (this process).
+
+
+def recall_photos() -> list[Path]:
+    folders = (SHARED / "faces" / "photos", SHARED / "faces" / "knn" / "test")
+    return [path for folder in folders for path in sorted(folder.iterdir())]
+
+
+def scaled(path: Path, longest: int):
+    """The photo (EXIF-oriented RGB) resized so that its long side is `longest` pixels."""
+    from PIL import Image
+
+    from facerec.pipeline.images import load_image
+
+    image = load_image(path)
+    factor = longest / max(image.size)
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    return image.resize(size, Image.BILINEAR)
+
+
+def clip_frames(count: int) -> list:
+    """The first `count` frames of the Hamilton clip as RGB images."""
+    import av
+
+    with av.open(str(CLIP)) as container:
+        frames = []
+        for frame in container.decode(video=0):
+            frames.append(frame.to_image().convert("RGB"))
+            if len(frames) == count:
+                break
+    return frames
+
+
+def build_detectors() -> tuple[dict[str, object], list[str]]:
+    """The registered detectors of DETECTORS by column, warmed up (weights read); the columns skipped."""
+    from PIL import Image
+
+    from facerec.contract.registry import registry
+
+    names = set(registry().names("detector"))
+    built, skipped = {}, []
+    for column, name, options in DETECTORS:
+        if name not in names:
+            skipped.append(column)
+            continue
+        built[column] = registry().create("detector", name, **options)
+        built[column].detect([Image.new("RGB", (64, 64))])
+    return built, skipped
+
+
+def timed(detectors: dict[str, object], batches: list[list], rounds: int) -> tuple[dict[str, float], dict]:
+    """Mean ms per image of each detector over `batches` (lists of images), each batch's best round; and
+    the faces each found in every image (from the last round), by column."""
+    from facerec.pipeline.engine import detect_bounded
+
+    best = {column: [float("inf")] * len(batches) for column in detectors}
+    found: dict[str, list] = {column: [] for column in detectors}
+    for round_number in range(rounds):
+        for index, batch in enumerate(batches):
+            for column, detector in detectors.items():
+                started = time.perf_counter()
+                faces = detect_bounded(detector, batch)
+                best[column][index] = min(best[column][index], time.perf_counter() - started)
+                if round_number == rounds - 1:
+                    found[column].extend(faces)
+        print(f"  round {round_number + 1}: {len(batches)} batches timed", file=sys.stderr, flush=True)
+    count = sum(len(batch) for batch in batches)
+    return {column: 1000 * sum(times) / count for column, times in best.items()}, found
+
+
+def recall(found: dict[str, list]) -> dict[str, tuple[int, dict[str, int]]]:
+    """From the faces each detector (by column) found in the same images, per set of target faces
+    (`union`: found by any; `agreed`: by two detectors or more, blazeface's two models counting as
+    one; `mtcnn`: MTCNN's), its size and how many of them each detector found."""
+    detector_of = {column: name for column, name, _ in DETECTORS}
+    images = len(next(iter(found.values())))
+    targets: dict[str, list[list[list[float]]]] = {"union": [], "agreed": [], "mtcnn": []}
+    for index in range(images):
+        boxes: list[list[float]] = []
+        finders: list[set[str]] = []  # the detectors that found each box of the union
+        for column, faces in found.items():
+            for face in faces[index]:
+                same = [k for k, box in enumerate(boxes) if box_iou(list(face.box), box) >= SAME_FACE]
+                if same:
+                    finders[same[0]].add(detector_of[column])
+                else:
+                    boxes.append(list(face.box))
+                    finders.append({detector_of[column]})
+        targets["union"].append(boxes)
+        targets["agreed"].append([box for box, names in zip(boxes, finders, strict=True) if len(names) >= 2])
+        targets["mtcnn"].append(
+            [list(face.box) for face in found["mtcnn"][index]] if "mtcnn" in found else []
+        )
+
+    def hits(column: str, boxes_by_image: list[list[list[float]]]) -> int:
+        return sum(
+            any(box_iou(list(face.box), box) >= SAME_FACE for face in found[column][index])
+            for index, boxes in enumerate(boxes_by_image)
+            for box in boxes
+        )
+
+    return {
+        label: (sum(map(len, boxes)), {column: hits(column, boxes) for column in found})
+        for label, boxes in targets.items()
+    }
+
+
+def side_by_side(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["TORCH_HOME"] = str(mtcnn_home(Path(folder)))
+        detectors, skipped = build_detectors()
+        photos = recall_photos()
+        wait_for_idle(args.wait)
+        busy, started = busy_cpu_seconds(), time.perf_counter()
+        own = time.process_time()
+        rows: list[tuple[str, dict[str, str]]] = []
+        recalls = {}
+        for size in SIZES:
+            images = [scaled(path, size) for path in photos]
+            print(f"photos at {size} px", file=sys.stderr, flush=True)
+            speed, found = timed(detectors, [[image] for image in images], args.rounds)
+            rows.append((f"per photo at {size} px, ms", {c: f"{v:.0f}" for c, v in speed.items()}))
+            recalls[size] = recall(found)
+        frames = clip_frames(args.frames)
+        width, height = frames[0].size
+        print(f"{len(frames)} frames", file=sys.stderr, flush=True)
+        speed, _ = timed(detectors, [[frame] for frame in frames], args.rounds)
+        rows.append((f"per video frame ({width}x{height}), ms", {c: f"{v:.1f}" for c, v in speed.items()}))
+        batched = [frames[start : start + BATCH] for start in range(0, len(frames), BATCH)]
+        speed, _ = timed(detectors, batched, args.rounds)
+        rows.append((f"per video frame, {BATCH} at a time, ms", {c: f"{v:.1f}" for c, v in speed.items()}))
+        labels = {
+            "union": "faces found at {size} px, of the {total} any detector found",
+            "agreed": "faces found at {size} px, of the {total} two detectors or more found",
+            "mtcnn": "faces found at {size} px, of MTCNN's {total}",
+        }
+        for size in SIZES:
+            for label, (total, counts) in recalls[size].items():
+                if total or label != "mtcnn":
+                    text = labels[label].format(size=size, total=total)
+                    rows.append((text, {column: str(count) for column, count in counts.items()}))
+        elapsed = time.perf_counter() - started
+        others = max(busy_cpu_seconds() - busy - (time.process_time() - own), 0.0) / elapsed
+    columns = [column for column, _, _ in DETECTORS]
+    print(
+        f"{len(photos)} photos, {len(frames)} frames, {args.rounds} rounds; CPU: {cpu_model()}, {os.cpu_count()} cores"
+    )
+    print(f"\n| detector | {' | '.join(columns)} |")
+    print(f"| --- |{' ---: |' * len(columns)}")
+    for label, values in rows:
+        print(f"| {label} | {' | '.join(values.get(column, 'skipped') for column in columns)} |")
+    print(f"\nother processes kept {others:.2f} cores busy on average during these measurements")
+    if skipped:
+        print(f"skipped (not registered): {', '.join(skipped)}")
+
+
+# The peer comparison (whole processes).
+
+
 def compare(args: argparse.Namespace) -> None:
     ensure_peer()
     images = photos()
@@ -174,11 +358,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for idle CPUs per run")
+    parser.add_argument("--frames", type=int, default=40, help="frames of the Hamilton clip timed")
+    parser.add_argument("--skip", choices=("detectors", "peer"), help="leave out one of the two sections")
     parser.add_argument("--worker", nargs="+", metavar="IMAGE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         facenet_pytorch_worker(args.worker)
-    else:
+        return
+    if args.skip != "detectors":
+        side_by_side(args)
+    if args.skip != "peer":
+        print()
         compare(args)
 
 

@@ -10,6 +10,9 @@ each side in a fresh process of its own, on the same decoded pixels (as face_rec
   (knn/train, knn/test, photos, test_images), as given boxes: `face_recognition.face_encodings(image,
   known_face_locations=boxes)` photo by photo (5-point landmarks, chip, ResNet), against the pipeline's
   aligner and backbone on the same boxes, 8 photos and 32 faces to a batch as `Pipeline.run` takes them;
+- align: the 5-point landmarks and the 150x150 chip of each of those faces, photo by photo: dlib's
+  `shape_predictor` and `get_face_chip` (what `face_encodings` runs before its ResNet) against the
+  `dlib-5point` aligner's `align`; the table gives the time per face;
 - resnet: the ResNet alone on ready 150x150 chips (dlib's `get_face_chip` of those faces, repeated to
   `--chips`), 32 to a batch: dlib's `compute_face_descriptor(chips)` against the backbone's `embed` of
   `standardize_pictures(chips)`;
@@ -30,7 +33,9 @@ Rounds alternate the sides and each measurement keeps each side's best round. Ev
 to `--wait` seconds) for the CPUs to go idle, and the table says how many cores other processes kept busy
 and how many each side used. `--threads` sets torch's (and OpenMP's) threads; default: torch's default.
 
-    .venv/bin/python benchmarks/bench_dlib.py [--rounds 3] [--threads N] [--tasks encode resnet cnn]
+    .venv/bin/python benchmarks/bench_dlib.py [--rounds 3] [--threads N] [--tasks encode align resnet cnn]
+
+The table ends with the CPU's model and flags.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_embed import busy_cpu_seconds, children_cpu_seconds, wait_for_idle
+from bench_embed import busy_cpu_seconds, children_cpu_seconds, cpu_line, wait_for_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT.parent / "shared" / "faces"
@@ -60,7 +65,7 @@ FOLDERS = ("knn/train", "knn/test", "photos", "test_images")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 CNN_SOURCES = ("knn/test/kit_with_rose.jpg", "photos/two_people.jpg", "knn/train/obama/obama.jpg")
 SIDES = ("face_recognition", "facerec")
-TASKS = ("encode", "resnet", "cnn")
+TASKS = ("encode", "align", "resnet", "cnn")
 UPSAMPLE = 1  # face_recognition's default number_of_times_to_upsample
 CHIP_SIZE, CHIP_PADDING = 150, 0.25  # face_recognition's chips
 BATCH = 32
@@ -83,6 +88,7 @@ class Side:
 
     picture: Callable[[np.ndarray], object]
     encode: Callable[[list, list], np.ndarray]  # pictures, css boxes per picture -> (faces, 128)
+    align: Callable[[list, list], list]  # pictures, css boxes per picture -> 150x150 chips
     describe: Callable[[list], np.ndarray]  # 150x150 chips -> (chips, 128)
     locate: Callable[[object], list]  # picture -> face_recognition's css boxes
 
@@ -93,6 +99,7 @@ def face_recognition_side() -> Side:
     import face_recognition_models
 
     encoder = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+    predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
 
     def encode(pictures: list, boxes: list) -> np.ndarray:
         return np.array(
@@ -103,13 +110,20 @@ def face_recognition_side() -> Side:
             ]
         )
 
+    def align(pictures: list, boxes: list) -> list:
+        return [
+            dlib.get_face_chip(picture, predictor(picture, dlib.rectangle(left, top, right, bottom)), CHIP_SIZE, CHIP_PADDING)
+            for picture, found in zip(pictures, boxes, strict=True)
+            for top, right, bottom, left in found
+        ]  # fmt: skip
+
     def describe(chips: list) -> np.ndarray:
         return np.array(encoder.compute_face_descriptor(chips))
 
     def locate(picture: np.ndarray) -> list:
         return face_recognition.face_locations(picture, number_of_times_to_upsample=UPSAMPLE, model="cnn")
 
-    return Side(lambda pixels: pixels, encode, describe, locate)
+    return Side(lambda pixels: pixels, encode, align, describe, locate)
 
 
 def facerec_side() -> Side:
@@ -128,21 +142,25 @@ def facerec_side() -> Side:
             ]
         )
 
+    def align(pictures: list, boxes: list) -> list:
+        chips = []
+        for picture, found in zip(pictures, boxes, strict=True):
+            faces = [Face(box=(left, top, right + 1, bottom + 1)) for top, right, bottom, left in found]
+            chips += pipeline.aligner.align(picture, faces, pipeline.recipe.size)
+        return chips
+
     def encode(pictures: list, boxes: list) -> np.ndarray:
         """As Pipeline.run after detection: a few photos at a time, each aligned, their faces embedded."""
         vectors = []
         for chunk in batched(zip(pictures, boxes, strict=True), pipeline.images_per_batch):
-            crops = []
-            for picture, found in chunk:
-                faces = [Face(box=(left, top, right + 1, bottom + 1)) for top, right, bottom, left in found]
-                crops += pipeline.aligner.align(picture, faces, pipeline.recipe.size)
+            crops = align(*zip(*chunk, strict=True))
             vectors.append(describe(crops))
         return np.concatenate(vectors)
 
     def locate(picture: Image.Image) -> list:
         return [css_box(face.box, picture.size) for face in detector.detect([picture])[0]]
 
-    return Side(Image.fromarray, encode, describe, locate)
+    return Side(Image.fromarray, encode, align, describe, locate)
 
 
 def css_box(box: tuple[float, ...], size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -165,6 +183,14 @@ def encode_task(side: Side, inputs: dict, folder: Path) -> dict:
     side.encode(pictures[:1], boxes[:1])
     vectors, wall, cpu = timed(side.encode, pictures, boxes)
     return {"wall_s": wall, "cpu_s": cpu, "vectors": vectors.tolist()}
+
+
+def align_task(side: Side, inputs: dict, folder: Path) -> dict:
+    pictures = [side.picture(decoded(Path(path))) for path in inputs["photos"]]
+    boxes = inputs["boxes"]
+    side.align(pictures[:1], boxes[:1])
+    chips, wall, cpu = timed(side.align, pictures, boxes)
+    return {"wall_s": wall, "cpu_s": cpu, "chips": np.stack([np.asarray(chip) for chip in chips]).tolist()}
 
 
 def resnet_task(side: Side, inputs: dict, folder: Path) -> dict:
@@ -194,7 +220,7 @@ def work(side_name: str, task: str, folder: Path, threads: int | None) -> None:
         torch.set_num_threads(threads)
     side = {"face_recognition": face_recognition_side, "facerec": facerec_side}[side_name]()
     inputs = json.loads((folder / "inputs.json").read_text())
-    run = {"encode": encode_task, "resnet": resnet_task, "cnn": cnn_task}[task]
+    run = {"encode": encode_task, "align": align_task, "resnet": resnet_task, "cnn": cnn_task}[task]
     result = run(side, inputs, folder)
     (folder / f"{task}-{side_name}.json").write_text(json.dumps(result))
 
@@ -338,15 +364,25 @@ def speed_rows(best: dict, inputs: dict) -> list[tuple[str, str, str, str]]:
     faces = sum(map(len, inputs["boxes"]))
     titles = {
         "encode": f"encodings for given boxes: {faces} faces in {len(inputs['photos'])} photos, s",
+        "align": f"5-point landmarks + 150x150 chip for given boxes: {faces} faces, s",
         "resnet": f"ResNet alone: {inputs['chips']} ready 150x150 chips, batches of {BATCH}, s",
         "cnn": f"CNN detector (upsample {UPSAMPLE}): {len(inputs['cnn_photos'])} photos, s",
     }
-    rates = {"encode": (faces, "encodings/s"), "resnet": (inputs["chips"], "chips/s")}
+    rates = {
+        "encode": (faces, "encodings/s"),
+        "align": (faces, "faces/s"),
+        "resnet": (inputs["chips"], "chips/s"),
+    }
     rows = []
     for task in (task for task in TASKS if (task, "facerec") in best):
         sides = best[task, "face_recognition"], best[task, "facerec"]
         rows.append((titles[task], *seconds_pair(*(side["wall_s"] for side in sides), TARGETS.get(task))))
         rows.append(("· CPU time, s", *seconds_pair(*(side["cpu_s"] for side in sides), None)))
+        if task == "align":
+            per_face = [1000 * side["wall_s"] / faces for side in sides]
+            rows.append(
+                ("· per face, ms", *(f"{ms:.2f}" for ms in per_face), f"{per_face[0] / per_face[1]:.2f}x")
+            )
         if task in rates:
             count, unit = rates[task]
             rows.append((f"· {unit}", *(f"{count / side['wall_s']:.1f}" for side in sides), ""))
@@ -386,6 +422,12 @@ def speed_table(best: dict, inputs: dict, threads: str) -> str:
             "encodings: max Euclidean distance, facerec's unit vectors vs face_recognition's scaled to unit "
             f"length: {max_distance(best['encode', 'face_recognition']['vectors'], best['encode', 'facerec']['vectors']):.1e}"
         )
+    if ("align", "facerec") in best:
+        theirs, ours = (np.array(best["align", side]["chips"], dtype=np.int16) for side in SIDES)
+        notes.append(
+            f"chips: facerec's against dlib's, mean |difference| {np.abs(theirs - ours).mean():.3f} grey levels, "
+            f"{np.mean(theirs == ours):.2%} of values equal"
+        )
     if ("resnet", "facerec") in best:
         notes.append(
             "ResNet alone, same measure on the same chips: "
@@ -395,7 +437,7 @@ def speed_table(best: dict, inputs: dict, threads: str) -> str:
         notes.append(
             detections_agree(best["cnn", "face_recognition"]["boxes"], best["cnn", "facerec"]["boxes"])
         )
-    return "\n".join([*lines, "", *notes])
+    return "\n".join([*lines, "", *notes, cpu_line()])
 
 
 def labelled_faces(inputs: dict) -> list[tuple[int, str]]:

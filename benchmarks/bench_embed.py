@@ -1,8 +1,9 @@
-"""Embedding speed: aligned faces, whole process, facerec against the library each backbone replaces.
+"""Embedding speed: aligned faces, whole process, facerec at each precision against the library each
+backbone replaces.
 
 Each side runs in a fresh Python process, as a user's script would: import, build the network, load its
 weights, prepare the faces and embed them in batches. The parent times each whole process; each process
-times its own embedding loop (wall and CPU time). Two pairs, each on the four aligned faces of
+times its own embedding loop (wall and CPU time). Two groups, each on the four aligned faces of
 ../shared/faces/test_images_aligned repeated to `--faces`:
 
 - inception-resnet, 160x160 faces, the same seeded weights (../shared/tools/seeded_weights.py, salt 0)
@@ -10,27 +11,31 @@ times its own embedding loop (wall and CPU time). Two pairs, each on the four al
   - facenet-pytorch: `InceptionResnetV1().eval()`, `load_state_dict`, calls under `torch.no_grad()`.
     It is installed into this environment for the benchmark only (`pip install --no-deps`: its pins are
     stale);
-  - facerec: `registry().create("backbone", "inception-resnet")`, `build(state_dict)`, `for_inference`,
-    faces standardized by `facerec.pipeline.standardize.standardize_pictures` with the backbone's recipe;
-- each facerec side again at `--precision int8` (facerec.pipeline.precision: static int8, calibrated once on the
-  photos of ../shared/faces/knn/train, not on the faces timed, then loaded from its cache as every later
-  run loads it; the untimed first run's time is printed as the calibration's), with the cosine of its
-  embeddings to facerec's FP32 ones on the same faces;
+  - facerec: `facerec.pipeline.engine.load_backbone("inception-resnet", weights=..., precision=P)` and its
+    inference network, faces standardized by `standardize_pictures` with the backbone's recipe;
 - dlib-resnet, the same faces scaled (bicubic) to 150x150, dlib's chip size, and the real weights of
   face_recognition_models on both sides (the speed does not depend on the pictures):
   - dlib: `face_recognition_model_v1(...).compute_face_descriptor(chips)`, as face_recognition loads it;
     its descriptors are scaled to unit length to compare them with facerec's;
-  - facerec: `facerec.pipeline.engine.load_backbone("dlib-resnet")` (weights `dlib-v1`) and its inference form.
+  - facerec: `load_backbone("dlib-resnet", precision=P)` (weights `dlib-v1`), as above.
 
-Rounds alternate the two sides of a pair and the best round of each counts: the machine may be shared,
+facerec runs at each precision P of `--precisions` (fp32, int8, bf16, auto): int8 is calibrated once on
+the photos of ../shared/faces/knn/train (not on the faces timed) and loaded from its cache as every later
+run loads it; auto measures once (facerec.pipeline.autoprecision) and reads its record after that. The
+untimed first runs that calibrate and measure are printed with their times. bf16 on a CPU without
+AVX512-BF16 or AMX is emulated by PyTorch: its figures there say what emulation costs, not what bf16 can
+do. Every side's embeddings are compared with facerec's FP32 ones (cosine, worst and median).
+
+Rounds alternate the sides of a group and the best round of each counts: the machine may be shared,
 so each round waits (up to `--wait` seconds) for the CPUs to go idle and reports how many cores other
 processes kept busy while it ran. The rate is set against the CPU's peak FP32 rate, estimated from lscpu
 (cores x clock x FLOPs per cycle), and against a large matrix product, the rate this CPU reaches in
-practice. The torch processes use torch's default threads, or `--threads` (on a busy machine one thread
-is often faster than two); dlib-bin's DNN runs on one core (no BLAS), as the "CPU cores used" row shows.
+practice; int8 and bf16 rates count the FP32 work they replace. The CPU's model and the flags that decide
+precisions are printed with every table. The torch processes use torch's default threads, or
+`--threads`; dlib-bin's DNN runs on one core (no BLAS), as the "CPU cores used" row shows.
 
-    .venv/bin/python benchmarks/bench_embed.py [--faces 128] [--batch 32] [--rounds 3] [--threads N]
-        [--models inception-resnet dlib-resnet]
+    .venv/bin/python benchmarks/bench_embed.py [--faces 256] [--batch 32] [--rounds 3] [--threads N]
+        [--models inception-resnet dlib-resnet] [--precisions fp32 int8 bf16 auto]
 """
 
 from __future__ import annotations
@@ -53,44 +58,30 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 PEER = "facenet-pytorch==2.6.0"
-
-
+PRECISIONS = ("fp32", "int8", "bf16", "auto")
 CALIBRATION = SHARED / "faces" / "knn" / "train"  # int8 calibrates on these photos, not on the faces timed
 
 
 @dataclass(frozen=True)
-class Pair:
-    """A facerec backbone and the side it replaces: worker names (the peer, facerec at FP32, facerec at
-    int8), what the table calls the peer, cost."""
+class Group:
+    """A facerec backbone and the side it replaces: the peer's worker and label, the cost of a face."""
 
+    model: str
     peer: str
-    ours: str
-    int8: str
     peer_label: str
     gflop_per_face: float
     size: int
 
-    @property
-    def sides(self) -> tuple[str, str, str]:
-        return self.peer, self.ours, self.int8
+    def sides(self, precisions) -> list[str]:
+        return [self.peer, *(f"{self.model}@{precision}" for precision in precisions)]
 
 
-PAIRS = {
+GROUPS = {
     # Inception-ResNet-v1 on one 160x160 face: 1.418 G multiply-adds
-    "inception-resnet": Pair(
-        "facenet-pytorch", "facerec", "facerec-int8", PEER.replace("==", " "), 2.84, 160
-    ),
+    "inception-resnet": Group("inception-resnet", "facenet-pytorch", PEER.replace("==", " "), 2.84, 160),
     # dlib's ResNet on one 150x150 chip: 0.271 G multiply-adds (torch's FlopCounterMode, convolutions + fc)
-    "dlib-resnet": Pair(
-        "dlib",
-        "facerec-dlib-resnet",
-        "facerec-dlib-resnet-int8",
-        "dlib (face_recognition_model_v1)",
-        0.542,
-        150,
-    ),
+    "dlib-resnet": Group("dlib-resnet", "dlib", "dlib (face_recognition_model_v1)", 0.542, 150),
 }
-SIDES = tuple(side for pair in PAIRS.values() for side in pair.sides)
 
 
 # The worker processes.
@@ -122,23 +113,7 @@ def facenet_pytorch_side(weights: Path | None, count: int):
         with torch.no_grad():
             return network(torch.stack(batch)).numpy()
 
-    return embed, aligned_faces(count, 160, standardize)
-
-
-def facerec_side(weights: Path | None, count: int):
-    import torch
-
-    from facerec.contract.registry import registry
-    from facerec.pipeline.standardize import standardize_pictures
-    from facerec.pipeline.weights import load_state_dict
-
-    backbone = registry().create("backbone", "inception-resnet")
-    network = backbone.for_inference(backbone.build(load_state_dict(weights)))
-
-    def embed(batch: list):
-        return network(torch.cat(batch)).numpy()
-
-    return embed, aligned_faces(count, 160, lambda face: standardize_pictures([face], backbone.recipe))
+    return embed, aligned_faces(count, 160, standardize), None
 
 
 def dlib_side(weights: Path | None, count: int):
@@ -153,66 +128,47 @@ def dlib_side(weights: Path | None, count: int):
         descriptors = np.array(encoder.compute_face_descriptor(batch), dtype=np.float32)
         return descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True)
 
-    return embed, aligned_faces(count, 150, np.asarray)
+    return embed, aligned_faces(count, 150, np.asarray), None
 
 
-def facerec_dlib_side(weights: Path | None, count: int):
-    """facerec's dlib-resnet with its default weights, dlib-v1: the same file as dlib's (no `weights`)."""
+def facerec_side(model: str, precision: str, weights: Path | None, count: int):
+    """facerec's `model` at `precision` (dlib-resnet: its default weights, dlib-v1, the same file as
+    dlib's; no `weights`), its network built before the timed loop. int8 and auto calibrate, when not
+    cached, on CALIBRATION's photos with MTCNN and the recipe's aligner, as `facerec index` calibrates
+    on the folder it indexes."""
     import torch
 
-    from facerec.pipeline.engine import load_backbone
+    from facerec.pipeline.engine import create_aligner, create_detector, load_backbone
+    from facerec.pipeline.int8 import calibration_faces
     from facerec.pipeline.standardize import standardize_pictures
 
-    backbone = load_backbone("dlib-resnet")
+    backbone = load_backbone(model, weights=weights, precision=precision)
     recipe = backbone.plugin.recipe
-    backbone.inference  # noqa: B018 (built before the timed loop, as for the int8 side)
+    backbone.calibration = lambda: calibration_faces(
+        create_detector("mtcnn"), create_aligner(recipe)[0], recipe, CALIBRATION
+    )
+    backbone.inference  # noqa: B018 (built, or read from the cache, before the timed loop)
 
     def embed(batch: list):
         return backbone.embed(torch.cat(batch)).numpy()
 
-    return embed, aligned_faces(count, 150, lambda face: standardize_pictures([face], recipe))
+    faces = aligned_faces(count, recipe.size, lambda face: standardize_pictures([face], recipe))
+    return embed, faces, backbone.precision
 
 
-def int8_side(model: str, size: int):
-    """facerec's `--precision int8` form of `model`, calibrated once on CALIBRATION's photos (MTCNN and
-    the recipe's aligner, as `facerec index` calibrates on the folder it indexes) and loaded from the
-    cache after that: the first, untimed run of the benchmark calibrates."""
-
-    def side(weights: Path | None, count: int):
-        import torch
-
-        from facerec.pipeline.engine import create_aligner, create_detector, load_backbone
-        from facerec.pipeline.precision import calibration_faces
-        from facerec.pipeline.standardize import standardize_pictures
-
-        backbone = load_backbone(model, weights=weights, precision="int8")
-        recipe = backbone.plugin.recipe
-        backbone.calibration = lambda: calibration_faces(
-            create_detector("mtcnn"), create_aligner(recipe)[0], recipe, CALIBRATION
-        )
-        backbone.inference  # noqa: B018 (built, or read from the cache, before the timed loop)
-
-        def embed(batch: list):
-            return backbone.embed(torch.cat(batch)).numpy()
-
-        return embed, aligned_faces(count, size, lambda face: standardize_pictures([face], recipe))
-
-    return side
+PEERS = {"facenet-pytorch": facenet_pytorch_side, "dlib": dlib_side}
 
 
-WORKERS = {
-    "facenet-pytorch": facenet_pytorch_side,
-    "facerec": facerec_side,
-    "facerec-int8": int8_side("inception-resnet", 160),
-    "dlib": dlib_side,
-    "facerec-dlib-resnet": facerec_dlib_side,
-    "facerec-dlib-resnet-int8": int8_side("dlib-resnet", 150),
-}
+def worker(side: str):
+    if side in PEERS:
+        return PEERS[side]
+    model, _, precision = side.partition("@")
+    return lambda weights, count: facerec_side(model, precision, weights, count)
 
 
 def work(side: str, weights: Path | None, count: int, batch: int, out: Path) -> None:
     """One side's whole job; prints its timings as one JSON line and saves the embeddings to `out`."""
-    embed, faces = WORKERS[side](weights, count)
+    embed, faces, precision = worker(side)(weights, count)
     import numpy as np
 
     torch = sys.modules.get("torch")  # not imported by the dlib side, whose process needs none
@@ -225,6 +181,7 @@ def work(side: str, weights: Path | None, count: int, batch: int, out: Path) -> 
         "embed_s": done - ready,
         "embed_cpu_s": time.process_time() - cpu,
         "threads": torch.get_num_threads() if torch else None,
+        "precision": precision,
     }
     print(json.dumps(timings))
 
@@ -298,7 +255,12 @@ def run_side(side: str, weights: Path | None, args: argparse.Namespace, out: Pat
     if result.returncode != 0:
         sys.exit(f"{side} worker failed:\n{result.stderr}")
     timings = json.loads(result.stdout.strip().splitlines()[-1])
-    return {**timings, "process_s": elapsed, "other_cores": max(others, 0.0) / elapsed}
+    return {
+        **timings,
+        "process_s": elapsed,
+        "other_cores": max(others, 0.0) / elapsed,
+        "stderr": result.stderr,
+    }
 
 
 def lscpu() -> dict[str, str]:
@@ -374,70 +336,78 @@ def _timed(call) -> float:
     return time.perf_counter() - started
 
 
-def table(pair: Pair, best: dict[str, dict], args, peak: Peak, matmul: float, checks: dict) -> str:
-    peer, ours, int8 = (best[side] for side in pair.sides)
+def cpu_line() -> str:
+    """The CPU's model and the flags that decide precisions, as every benchmark prints with its figures."""
+    import torch
+
+    from facerec.pipeline.precision import machine
+
+    return f"CPU: {machine(torch.device('cpu')).describe()}; torch {torch.__version__}"
+
+
+def table(
+    group: Group, sides: list[str], best: dict[str, dict], args, peak: Peak, matmul: float, checks: dict
+) -> str:
+    """One markdown table: each side's figures, then each precision against FP32 and FP32 against the peer."""
+    fp32 = f"{group.model}@fp32"
+    runs = [best[side] for side in sides]
+
+    def label(side: str) -> str:
+        if side == group.peer:
+            return group.peer_label
+        precision = side.partition("@")[2]
+        chosen = best[side]["precision"]
+        return f"facerec {precision}" + (f" (chose {chosen})" if precision == "auto" else "")
 
     def rate(side: dict) -> float:
-        return args.faces * pair.gflop_per_face / side["embed_s"]
+        return args.faces * group.gflop_per_face / side["embed_s"]
 
-    def cores(side: dict) -> str:
-        return f"{side['embed_cpu_s'] / side['embed_s']:.2f}"
+    def ratios(key: str) -> list[str]:
+        found = [f"{best[group.peer][key] / best[fp32][key]:.2f}x"]  # FP32 against the peer
+        return found + [f"{best[fp32][key] / best[side][key]:.2f}x" for side in sides[2:]]
 
-    def times(key: str) -> tuple:
-        return tuple(f"{side[key]:.2f}" for side in (peer, ours, int8)), (
-            peer[key] / ours[key],
-            ours[key] / int8[key],
-            peer[key] / int8[key],
-        )
-
-    process, process_x = times("process_s")
-    embedding, embedding_x = times("embed_s")
     rows = [
-        ("whole process, s", *process, *process_x),
-        (f"embedding {args.faces} faces, s", *embedding, *embedding_x),
-        ("faces/s (embedding)", *(f"{args.faces / side['embed_s']:.1f}" for side in (peer, ours, int8)), None, None, None),
-        ("CPU cores used (embedding)", cores(peer), cores(ours), cores(int8), None, None, None),
-        ("GFLOP/s (embedding; int8: the FP32 work it replaces)", *(f"{rate(side):.0f}" for side in (peer, ours, int8)), None, None, None),
-        (f"share of peak FP32 per lscpu ({peak.gflops:.0f} GFLOP/s)", *(f"{rate(side) / peak.gflops:.0%}" for side in (peer, ours, int8)), None, None, None),
-        (f"share of a measured 3072² matmul ({matmul:.0f} GFLOP/s)", *(f"{rate(side) / matmul:.0%}" for side in (peer, ours, int8)), None, None, None),
+        ("whole process, s", [f"{run['process_s']:.2f}" for run in runs], ratios("process_s")),
+        (f"embedding {args.faces} faces, s", [f"{run['embed_s']:.2f}" for run in runs], ratios("embed_s")),
+        ("faces/s (embedding)", [f"{args.faces / run['embed_s']:.1f}" for run in runs], []),
+        ("CPU cores used (embedding)", [f"{run['embed_cpu_s'] / run['embed_s']:.2f}" for run in runs], []),
+        ("GFLOP/s (embedding; int8, bf16: the FP32 work they replace)", [f"{rate(run):.0f}" for run in runs], []),
+        (f"share of peak FP32 per lscpu ({peak.gflops:.0f} GFLOP/s)", [f"{rate(run) / peak.gflops:.0%}" for run in runs], []),
+        (f"share of a measured 3072² matmul ({matmul:.0f} GFLOP/s)", [f"{rate(run) / matmul:.0%}" for run in runs], []),
+        ("cosine to facerec FP32, worst / median", [checks[side] for side in sides], []),
     ]  # fmt: skip
-    threads = ours["threads"]
+    threads = best[fp32]["threads"]
+    against = ["FP32 vs peer", *(f"{side.partition('@')[2]} vs FP32" for side in sides[2:])]
+    head = f"{args.faces} faces of {group.size}x{group.size}, batch {args.batch}, torch on {threads} thread{'s' if threads > 1 else ''}"
     lines = [
-        f"| {args.faces} faces of {pair.size}x{pair.size}, batch {args.batch}, torch on {threads} thread{'s' if threads > 1 else ''} | {pair.peer_label} | facerec FP32 | facerec int8 | FP32 vs peer | int8 vs FP32 | int8 vs peer |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]  # fmt: skip
-    lines += [
-        f"| {name} | {a} | {b} | {c} | " + " | ".join(f"{x:.2f}x" if x else "" for x in ratios) + " |"
-        for name, a, b, c, *ratios in rows
+        "| " + " | ".join([head, *map(label, sides), *against]) + " |",
+        "| --- " + "| ---: " * (len(sides) + len(against)) + "|",
     ]
+    for name, values, compared in rows:
+        lines.append("| " + " | ".join([name, *values, *(compared or [""] * len(against))]) + " |")
     if matmul > peak.gflops:
         lines.append(
             f"\nThe matmul beats the lscpu estimate: the CPU runs above its reported clock (at least "
             f"{peak.ghz * matmul / peak.gflops:.2f} GHz), so the matmul row is the truer share of peak."
         )
-    lines.append(
-        f"\nmax abs difference of the unit embeddings, facerec FP32 vs {pair.peer}: {checks['diff']:.1e}"
-    )
-    lines.append(
-        f"int8 against facerec FP32 on the same faces: cosine min {checks['cos_min']:.5f}, median "
-        f"{checks['cos_median']:.5f}; calibrating once (untimed run, then cached): {checks['calibration_s']:.1f} s"
-    )
+    lines.append(f"\n{cpu_line()}")
+    lines += [f"first run, untimed: {line}" for line in checks["first runs"]]
     lines.append(
         "other processes kept "
-        + " / ".join(f"{side['other_cores']:.2f}" for side in (peer, ours, int8))
+        + " / ".join(f"{run['other_cores']:.2f}" for run in runs)
         + " cores busy during these runs"
     )
     return "\n".join(lines)
 
 
-def best_rounds(pair: Pair, weights: Path | None, folder: Path, args) -> dict[str, dict]:
-    """Each side's fastest whole process over the rounds, which alternate the two sides."""
+def best_rounds(sides: list[str], weights: Path | None, folder: Path, args) -> dict[str, dict]:
+    """Each side's fastest whole process over the rounds, which alternate the sides."""
     best: dict[str, dict] = {}
     for round_number in range(1, args.rounds + 1):
-        for side in pair.sides:
+        for side in sides:
             timings = run_side(side, weights, args, folder / f"{side}.npy")
             print(
-                f"round {round_number} {side:19s} process {timings['process_s']:.2f} s, "
+                f"round {round_number} {side:24s} process {timings['process_s']:.2f} s, "
                 f"setup {timings['setup_s']:.2f} s, embedding {timings['embed_s']:.2f} s, "
                 f"other processes {timings['other_cores']:.2f} cores",
                 flush=True,
@@ -447,48 +417,71 @@ def best_rounds(pair: Pair, weights: Path | None, folder: Path, args) -> dict[st
     return best
 
 
-def compare(args: argparse.Namespace) -> None:
+def first_runs(group: Group, precisions, weights: Path | None, folder: Path, args) -> list[str]:
+    """Calibrate int8 and measure auto once, untimed, as a first run on a machine does; what they said."""
+    said = []
+    for precision in [p for p in ("int8", "auto") if p in precisions]:
+        timings = run_side(f"{group.model}@{precision}", weights, args, folder / "first.npy")
+        notes = [
+            line
+            for line in timings["stderr"].splitlines()
+            if "calibrating" in line or "--precision auto" in line
+        ]
+        said += [f"{precision}, {timings['process_s']:.1f} s: {note}" for note in notes] or [
+            f"{precision}, {timings['process_s']:.1f} s (nothing to calibrate or measure)"
+        ]
+    return said
+
+
+def cosines(group: Group, sides: list[str], folder: Path) -> dict[str, str]:
     import numpy as np
 
+    fp32 = np.load(folder / f"{group.model}@fp32.npy")
+    found = {}
+    for side in sides:
+        vectors = np.load(folder / f"{side}.npy")
+        cosine = np.sum(fp32 * vectors, axis=1) / np.linalg.norm(vectors, axis=1)
+        found[side] = f"{cosine.min():.5f} / {np.median(cosine):.5f}"
+    return found
+
+
+def compare(args: argparse.Namespace) -> None:
     peak = estimated_peak()
+    print(cpu_line())
     print(f"peak FP32 estimate: {peak.how}")
+    precisions = ["fp32", *(p for p in args.precisions if p != "fp32")]
     tables = []
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         os.environ["TORCH_HOME"] = str(mtcnn_home(folder))  # int8 calibration detects with MTCNN; offline
         os.environ.setdefault("FACEREC_MIRROR", "http://127.0.0.1:9")
         for model in args.models:
-            pair = PAIRS[model]
+            group = GROUPS[model]
             weights = None
             if model == "inception-resnet":
                 ensure_peer()
                 weights = seeded_weights(folder)
-            calibration_s = run_side(pair.int8, weights, args, folder / "calibrating.npy")["process_s"]
-            best = best_rounds(pair, weights, folder, args)
-            peer, ours, int8 = (np.load(folder / f"{side}.npy") for side in pair.sides)
-            cosines = np.sum(ours * int8, axis=1) / np.linalg.norm(int8, axis=1)
-            checks = {
-                "diff": float(np.abs(peer - ours).max()),
-                "cos_min": float(cosines.min()),
-                "cos_median": float(np.median(cosines)),
-                "calibration_s": calibration_s,
-            }
-            tables.append((pair, best, checks))
+            said = first_runs(group, precisions, weights, folder, args)
+            sides = group.sides(precisions)
+            best = best_rounds(sides, weights, folder, args)
+            checks = {**cosines(group, sides, folder), "first runs": said}
+            tables.append((group, sides, best, checks))
     matmul = matmul_gflops(args.wait)
-    for pair, best, checks in tables:
+    for group, sides, best, checks in tables:
         print()
-        print(table(pair, best, args, peak, matmul, checks))
+        print(table(group, sides, best, args, peak, matmul, checks))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--faces", type=int, default=128)
+    parser.add_argument("--faces", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--models", nargs="+", choices=list(PAIRS), default=list(PAIRS))
+    parser.add_argument("--models", nargs="+", choices=list(GROUPS), default=list(GROUPS))
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--threads", type=int, help="torch's threads (OMP_NUM_THREADS; default: torch's)")
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for idle CPUs per run")
-    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """Serving speed: identify requests over loopback HTTP at 1, 4 and 16 concurrent clients, `facerec serve`
-with dynamic batching on and off, against the server a user would write first; and the server's memory
-over a long run.
+with dynamic batching (of detection and of embedding) on and off, against the server a user would write
+first; and the server's memory over a long run.
 
 Every server is a real process listening on 127.0.0.1 and every request a real multipart upload from
 a client thread (requests, one session per client); nothing leaves the machine. The gallery is the
@@ -11,8 +11,12 @@ MTCNN with facenet-pytorch's defaults. With `--detector none` the gallery and th
 aligned 160x160 faces of ../shared instead, as a client that crops faces itself sends them: no MTCNN,
 the backbone is the work, and batching shows what it does on a CPU.
 
-- `facerec serve`, batching on: the default (`--max-batch 32 --batch-wait-ms 5`);
-- `facerec serve`, batching off: `--max-batch 1`, each request's faces in a backbone call of their own;
+- `facerec serve`, batching on: the default (`--max-batch 32 --max-detect-batch 16 --batch-wait-ms 5`):
+  the photos of concurrent requests detected in one detector call (MTCNN's R-Net and O-Net over all
+  their candidates at once), their faces embedded in one backbone call;
+- `facerec serve`, batching off: `--max-batch 1 --max-detect-batch 1`, each photo detected on a CPU
+  thread of its own (two side by side on two cores) and its faces embedded in a backbone call of
+  their own;
 - the baseline: FastAPI with facenet-pytorch's `MTCNN(keep_all=True)` and `InceptionResnetV1` in an
   `async def` handler that detects, crops, embeds and compares with the gallery's vectors (a
   `torch.cdist`), one request at a time: the handler of the tutorials, run by uvicorn.
@@ -22,7 +26,7 @@ requests (at least 4 per client; at most `--time-limit` seconds) after a wait fo
 servers take turns over `--rounds` rounds and each keeps its fastest. A cell reports requests per
 second, latency percentiles (p99 of few samples is close to their maximum), the server's CPU time per
 request (steadier than wall time on a shared machine) and how many cores other processes kept busy
-meanwhile. Then `--soak` requests (16 clients) go to the batching server, whose
+meanwhile. The table ends with the CPU's model and flags. Then `--soak` requests (16 clients) go to the batching server, whose
 resident memory (VmRSS) is read before and after each quarter of them.
 
     .venv/bin/pip install --no-deps facenet-pytorch==2.6.0   # the baseline's models, for benchmarks only
@@ -46,7 +50,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_embed import busy_cpu_seconds, mtcnn_home, wait_for_idle
+from bench_embed import busy_cpu_seconds, cpu_line, mtcnn_home, wait_for_idle
 from fastapi import FastAPI, UploadFile  # at module level: the handler's annotations are read from here
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,7 +275,7 @@ def prepare(
 
 
 BATCHING_ON = "facerec serve, batching on"
-BATCHING_OFF = "facerec serve, batching off (--max-batch 1)"
+BATCHING_OFF = "facerec serve, batching off (--max-batch 1 --max-detect-batch 1)"
 BASELINE = "baseline: FastAPI + facenet-pytorch, one at a time"
 
 
@@ -308,7 +312,7 @@ def main() -> None:
         ]
         sides = {
             BATCHING_ON: serve,
-            BATCHING_OFF: [*serve, "--max-batch", "1"],
+            BATCHING_OFF: [*serve, "--max-batch", "1", "--max-detect-batch", "1"],
             BASELINE: [sys.executable, __file__, "--baseline", str(people), str(weights), args.detector],
         }  # fmt: skip
         servers = {side: Server(command, env) for side, command in sides.items()}
@@ -323,8 +327,9 @@ def main() -> None:
         if args.detector == "none"
         else f"photos scaled to fit {args.size} px"
     )
-    print(f"{len(photos)} {sent}, in turn; 2 cores; loopback HTTP\n")
+    print(f"{len(photos)} {sent}, in turn; {os.cpu_count()} cores; loopback HTTP\n")
     print(speed_table(cells, list(sides)))
+    print(cpu_line())
     if memory is not None:
         print()
         print(memory)

@@ -12,7 +12,8 @@ from pathlib import Path
 BACKBONE = "inception-resnet"
 DETECTOR = "mtcnn"
 HEAD = "faiss"
-PRECISION = "fp32"
+PRECISION = "auto"  # the commands' (not training's); the Python API's build_pipeline/load_backbone: fp32
+PRECISION_VARIABLE = "FACEREC_PRECISION"  # replaces PRECISION for every command that embeds or detects
 TOP_K = 3  # candidates `identify` lists per face
 DETECTION_PIXELS = 4_000_000  # the working size of a detector that declares none (see Detector.max_pixels)
 GALLERY = Path(".facerec") / "gallery"  # under the working directory

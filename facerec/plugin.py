@@ -29,6 +29,7 @@ from facerec.errors import FacerecError, GalleryBusy, UsageError
 from facerec.gallery.local.store import LocalStore
 from facerec.gallery.provenance import Provenance
 from facerec.gallery.records import Change, Entry, Skipped, now
+from facerec.gallery.stores import without_password
 from facerec.pipeline.statedict import StateDictMismatch, check_fits, require_state_dict
 from facerec.pipeline.weights import WeightFile, cache_dir, fetch, load_state_dict
 from facerec.training.mining import BaseMiner, Candidates
@@ -69,5 +70,6 @@ __all__ = [
     "load_state_dict",
     "now",
     "require_state_dict",
+    "without_password",
     "write_atomically",
 ]

@@ -7,6 +7,7 @@ the CLI runs as a real subprocess.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from support import KNN_TRAIN, MTCNN_WEIGHTS, SHARED, material
 from support.cli import run_cli
 from support.mirror import Handler, Mirror, MirrorServer
 from support.seeded_weights import make_seeded_weights
+
+# The commands default to --precision auto, which measures once per machine and model in each TORCH_HOME
+# (calibrating int8 first): seconds in every test with a fresh cache. The session runs at fp32 instead;
+# tests/pipeline/test_precision.py clears this to test auto.
+os.environ.setdefault("FACEREC_PRECISION", "fp32")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -9,7 +9,7 @@ import click
 
 from facerec import defaults
 from facerec.cli import each_result, echo_json, make_pipeline
-from facerec.cli.options import aligner_options, detector_options
+from facerec.cli.options import aligner_options, detector_options, precision_option
 from facerec.contract.faces import Face
 from facerec.errors import FacerecError
 from facerec.pipeline.engine import ImageResult
@@ -18,6 +18,7 @@ from facerec.pipeline.engine import ImageResult
 @click.command(name="detect")
 @click.argument("images", nargs=-1, required=True)
 @detector_options
+@precision_option
 @aligner_options
 @click.option(
     "--backbone",

@@ -28,12 +28,15 @@ def command(gallery, as_json, repair):
     """
     from facerec.gallery.stores import open_store
 
+    store = open_store(gallery)  # its location names it in messages (a URI's password as ***)
     if repair:
-        click.echo(repaired(gallery))
+        click.echo(repaired(store))
         return
-    snapshot = open_store(gallery).read()
+    snapshot = store.read()
     if snapshot is None:
-        raise FacerecError(f"{gallery}: no gallery here; run `facerec index DIR` first or pass --gallery")
+        raise FacerecError(
+            f"{store.location}: no gallery here; run `facerec index DIR` first or pass --gallery"
+        )
     try:
         identities = snapshot.identities()
         unnamed = identities.pop("", 0)  # clustered faces of people nobody named (`facerec people`)
@@ -41,7 +44,7 @@ def command(gallery, as_json, repair):
             for name, count in identities.items():
                 echo_json({"identity": name, "faces": count})
             return
-        click.echo(f"gallery   {gallery} ({snapshot.version}, written {snapshot.written_at})")
+        click.echo(f"gallery   {store.location} ({snapshot.version}, written {snapshot.written_at})")
         click.echo(f"models    {snapshot.provenance.describe()}")
         click.echo(f"head      {snapshot.head_name} {snapshot.head_options}")
         click.echo(f"faces     {sum(identities.values())} of {len(identities)} identities")
@@ -54,12 +57,12 @@ def command(gallery, as_json, repair):
         snapshot.close()
 
 
-def repaired(gallery) -> str:
+def repaired(store) -> str:
     """Repair the gallery (what was damaged goes to stderr); one line saying what it holds now."""
     from facerec.api import open_gallery
 
-    report = open_gallery(gallery).repair(note=warn)
+    report = open_gallery(store).repair(note=warn)
     faces = f"{sum(report.identities.values())} faces of {len(report.identities)} identities"
     if report.version is None:
-        return f"{gallery}: intact, nothing to repair; {faces}"
-    return f"{gallery}: repaired, now {report.version}; {faces} ({report.embedded} embedded again)"
+        return f"{store.location}: intact, nothing to repair; {faces}"
+    return f"{store.location}: repaired, now {report.version}; {faces} ({report.embedded} embedded again)"

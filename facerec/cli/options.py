@@ -45,11 +45,13 @@ backbone_options = _stacked(
 
 precision_option = click.option(
     "--precision",
-    type=click.Choice(["fp32", "int8"]),
-    default=defaults.PRECISION,
-    show_default=True,
-    help="The backbone's arithmetic. int8: quantized, faster on CPUs, embeddings within cosine 0.999 of "
-    "fp32; calibrated once on real faces and cached (facerec.pipeline.precision). A gallery keeps its own.",
+    type=click.Choice(["auto", "fp32", "int8", "bf16"]),
+    help="The arithmetic. auto: the fastest this machine runs natively that keeps the backbone's "
+    "embeddings within cosine 0.9995 of fp32, measured once per machine and model and cached. int8: the "
+    "backbone quantized (CPU), calibrated once on real faces and cached. bf16: backbone and detector in "
+    "bfloat16 (native with AVX512-BF16, AMX or a recent GPU; emulated, slower, elsewhere). A gallery "
+    f"keeps its own, or one that stands in for it. [default: ${defaults.PRECISION_VARIABLE}, else "
+    f"{defaults.PRECISION}]",
 )
 
 detector_options = _stacked(
@@ -164,6 +166,10 @@ def pipeline_arguments(params: dict[str, Any]) -> dict[str, Any]:
     )
     names = ("backbone", "pretrained", "weights", "device", "precision")
     found = {name: params[name] for name in names if name in params}
+    if "precision" in params and params["precision"] is None:
+        from facerec.pipeline.precision import default_precision
+
+        found["precision"] = default_precision()
     return {
         **found,
         "detector": params["detector"],
@@ -182,7 +188,8 @@ def explicit_models(ctx: click.Context) -> dict[str, Any]:
     """The model options the user actually gave, as facerec.gallery.models.ModelRequest's fields.
 
     A gallery fixes the models that made its vectors, so the shared options' defaults must not count
-    as a request for other models: what is not given comes from the gallery's record.
+    as a request for other models: what is not given comes from the gallery's record (the precision:
+    FACEREC_PRECISION or auto, among those the gallery accepts).
     """
     params = ctx.params
     found = {name: params[name] for name in MODEL_PARAMETERS if name in params and given(ctx, name)}

@@ -47,7 +47,16 @@ from facerec.cli.options import (
     type=click.FloatRange(min=0),
     default=5.0,
     show_default=True,
-    help="Longest wait for more faces once a batch has its first.",
+    help="Longest wait for more work once a batch (of faces, of images) has its first.",
+)
+@click.option(
+    "--max-detect-batch",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Most images of concurrent requests detected in one detector call (and at most the detector's "
+    "working size in pixels: one large photo, or many small ones); 1 turns detection batching off: "
+    "each image is detected on its own CPU thread, the lowest latency for a lone client.",
 )
 @click.option(
     "--max-queue",
@@ -87,6 +96,12 @@ from facerec.cli.options import (
     help="Seconds an image waits for room in --max-pixels-in-flight before 503 (0: none).",
 )
 @click.option(
+    "--uploads",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the photos of faces enrolled over HTTP (one folder per gallery) [default: inside the "
+    "gallery: a folder gallery's uploads/, a Milvus Lite database's; a gallery on a database server needs it].",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     help="Threads decoding and detecting images [default: one per CPU core].",
@@ -105,11 +120,13 @@ def command(
     max_upload,
     max_batch,
     batch_wait_ms,
+    max_detect_batch,
     max_queue,
     read_timeout,
     max_uploads,
     max_pixels_in_flight,
     pixel_wait,
+    uploads,
     workers,
     device,
     **_models,
@@ -142,7 +159,8 @@ def command(
         max_uploads=max_uploads,
         max_pixels=max_pixels_in_flight,
         pixel_wait=pixel_wait,
+        uploads=uploads,
     )
     request = ModelRequest(device=device, **explicit_models(ctx))
-    service = open_service(settings, request, max_batch, batch_wait_ms / 1000, workers)
+    service = open_service(settings, request, max_batch, batch_wait_ms / 1000, workers, max_detect_batch)
     run(service, bind(host, port))

@@ -1,21 +1,26 @@
 """Building again exactly the models that made a gallery's vectors, and refusing what cannot match.
 
 Options a user gives explicitly (`ModelRequest`) must agree with the gallery's record (`Provenance`);
-anything else is refused with one line that says what differs, before any model loads. An int8 gallery
-is also searched with the very int8 network that made its vectors, which only loading it can tell
-(facerec.pipeline.precision).
+anything else is refused with one line that says what differs, before any model loads. The precision is
+the one exception: a gallery may be searched and extended at another precision whose embeddings stand
+in for its own (Provenance.accepts: fp32 and bf16, say), so that a gallery indexed on one CPU stays fast
+on another; by default (`auto`) the fastest of those this machine runs. An int8 gallery searched at int8
+uses the very int8 network that made its vectors, which only loading it can tell
+(facerec.pipeline.int8).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facerec import defaults
 from facerec.errors import FacerecError
 from facerec.gallery.provenance import Provenance, describe_aligner
+from facerec.pipeline.int8 import cache_path, identity, recorded_photos, weight_bits_of
+from facerec.pipeline.precision import AUTO, BF16, FP32, INT8, default_precision
 from facerec.pipeline.weights import sha256_file
 
 if TYPE_CHECKING:
@@ -34,8 +39,8 @@ class ModelRequest:
     aligner: str | None = None
     aligner_options: dict[str, Any] | None = None
     device: str | None = "auto"
-    precision: str | None = None
-    calibration: str | os.PathLike | None = None  # int8: photos to calibrate on when not cached yet
+    precision: str | None = None  # fp32, int8, bf16 or auto; None: FACEREC_PRECISION, else auto
+    calibration: str | os.PathLike | None = None  # int8 and auto: photos to calibrate on when not cached yet
 
 
 def check_request(recorded: Provenance, request: ModelRequest, gallery: Path) -> None:
@@ -44,8 +49,9 @@ def check_request(recorded: Provenance, request: ModelRequest, gallery: Path) ->
         "backbone": (request.backbone, recorded.backbone),
         "detector": (request.detector, recorded.detector),
         "aligner": (request.aligner, recorded.recipe.get("aligner")),
-        "precision": (request.precision, recorded.precision),
     }
+    if request.precision not in (None, AUTO) and not recorded.accepts(request.precision):
+        raise mismatch(gallery, recorded, f"precision {request.precision}")
     if request.weights is None:
         wanted["pretrained weights"] = (request.pretrained, recorded.pretrained)
     else:
@@ -84,6 +90,9 @@ def open_pipeline(
         )
     recipe = recorded.recipe if recorded else {}
     aligner = _choose(request.aligner, recipe.get("aligner"))
+    precision, allowed = _precision(recorded, request)
+    network = recorded.int8_network if recorded else None
+    photos = recorded_photos(network["calibration"]) if network else None
     pipeline = build_pipeline(
         detector=_choose(request.detector, recorded and recorded.detector, defaults.DETECTOR),
         detector_options=_choose(request.detector_options, _options_of(recorded)),
@@ -96,11 +105,14 @@ def open_pipeline(
         pretrained=None if weights else _choose(request.pretrained, recorded and recorded.pretrained),
         weights=weights,
         device=request.device,
-        precision=_choose(request.precision, recorded and recorded.precision, defaults.PRECISION),
-        calibration=request.calibration,
+        precision=precision,
+        calibration=photos or request.calibration,  # a gallery's network is made from its own photos
+        allowed=allowed,
+        detector_precision=recorded.detector_precision if recorded else None,
+        int8_weight_bits=weight_bits_of(network["scheme"]) if network and network.get("scheme") else None,
     )
     loaded = pipeline.backbone
-    network = _int8_network(recorded, pipeline, gallery)
+    found = _int8_network(recorded, pipeline, gallery, photos)
     made = Provenance(
         backbone=loaded.name,
         pretrained=loaded.pretrained,
@@ -112,35 +124,48 @@ def open_pipeline(
         embedding_size=loaded.plugin.embedding_size,
         threshold=loaded.threshold,
         precision=loaded.precision,
-        int8_network=network,
+        int8_network=found,
+        detector_precision=pipeline.detector_precision,
     )
-    if recorded is not None and not recorded.same_vectors(made):
-        raise mismatch(gallery, recorded, made.describe())
+    if recorded is not None:
+        if not recorded.same_vectors(made):
+            raise mismatch(gallery, recorded, made.describe())
+        made = replace(made, precision=recorded.precision, int8_network=network or found)  # the gallery's own
     return pipeline, made
 
 
-def _int8_network(recorded: Provenance | None, pipeline: Pipeline, gallery: Path) -> dict[str, Any] | None:
-    """The identity of the pipeline's int8 network (None at fp32), built now (from its cache, or
-    calibrated). For a gallery that recorded its network, that very one: a cache that is gone or damaged
-    is calibrated again on the gallery's calibration photos when they are still there (the same network,
-    on the same kind of CPU), and any other network is refused in one line, since its vectors would not
-    match the gallery's."""
-    from facerec.pipeline.precision import INT8, cache_path, faces_of_photos, identity, recorded_photos
+def _precision(recorded: Provenance | None, request: ModelRequest) -> tuple[str, list[str] | None]:
+    """The precision to build at and, under auto, those it may choose from (None: any). For a gallery:
+    the one asked for (check_request refused any it does not accept), else the default when the gallery
+    accepts it, else the gallery's own; auto chooses among the precisions the gallery accepts, its own
+    first."""
+    preferred = request.precision or default_precision()
+    if recorded is None:
+        return preferred, None
+    allowed = [recorded.precision] + [p for p in (FP32, BF16) if p != recorded.precision and recorded.accepts(p)]
+    if preferred == AUTO:
+        return AUTO, allowed
+    return (preferred if preferred in allowed else recorded.precision), None
 
+
+def _int8_network(
+    recorded: Provenance | None, pipeline: Pipeline, gallery: Path, photos: list[Path] | None
+) -> dict[str, Any] | None:
+    """The identity of the pipeline's int8 network (None when it does not run at int8), built now (from
+    its cache, or calibrated: for a gallery that recorded its network, on the gallery's calibration
+    `photos` when they are still there, which makes the same network on the same kind of CPU). A gallery
+    is searched only with the very network that made its vectors: any other is refused in one line."""
     loaded = pipeline.backbone
     if loaded.precision != INT8:
         return None
-    wanted = recorded.int8_network if recorded is not None else None
-    photos = recorded_photos(wanted["calibration"]) if wanted is not None else None
-    if photos is not None:
-        loaded.calibration = lambda: faces_of_photos(
-            pipeline.detector, pipeline.aligner, pipeline.recipe, photos, gallery
-        )
+    wanted = recorded.int8_network if recorded is not None and recorded.precision == INT8 else None
     found = identity(loaded.inference)
     if wanted is None or found["xxh3_128"] == wanted["xxh3_128"]:
         return found
-    cache = cache_path(loaded, pipeline.recipe)
-    if [p["sha256"] for p in found["calibration"]] == [p["sha256"] for p in wanted["calibration"]]:
+    cache = cache_path(loaded, pipeline.recipe, loaded.int8_weight_bits)
+    if "scheme" not in wanted:  # recorded by a facerec whose cache was a torch.save file
+        advice = "that network came from an earlier facerec's int8 cache, which this one does not read"
+    elif [p["sha256"] for p in found["calibration"]] == [p["sha256"] for p in wanted["calibration"]]:
         advice = "calibrating on the gallery's own photos gives another network on this machine"
     elif photos is not None:
         advice = f"delete {cache} to calibrate it again on the gallery's {len(photos)} calibration photos"

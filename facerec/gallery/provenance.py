@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from facerec import defaults
+from facerec.pipeline.precision import BF16, FP32, INT8, interchangeable
 
 FACENET_PYTORCH_RECIPE = {"size": 160, "mean": [127.5] * 3, "std": [128.0] * 3, "channels": "RGB"}
 
@@ -23,11 +23,16 @@ class Provenance:
     `recipe` is the backbone's input recipe as used (facerec.contract.parts.InputRecipe.to_json: size, aligner
     and its options, mean, std, channels). `threshold` is the same-person distance of the weights, the
     default of `identify`; it does not change the vectors. `precision` is the backbone's arithmetic
-    (facerec.pipeline.precision: fp32, or int8 for its calibrated quantized network); galleries written before it
-    was recorded were made in fp32. `int8_network` says which int8 network made the vectors (the
-    checksum of its cached file, `xxh3_128`, and the photos it was calibrated on, `calibration`): two
-    calibrations of the same weights on other photos are other networks, whose vectors differ; None for
-    fp32, and for int8 galleries written before it was recorded (their network cannot be checked).
+    that made the vectors (facerec.pipeline.precision: fp32, bf16, or int8 for its calibrated quantized
+    network; never auto, which is resolved first); galleries written before it was recorded were made
+    in fp32. Another precision may extend or search the gallery when its embeddings stand in for these
+    (`accepts`: fp32 and bf16 for each other, and for an int8 network measured within cosine 0.9995 of
+    fp32); the record keeps the gallery's own. `int8_network` says which int8 network made the vectors
+    (the checksum of its cached file, `xxh3_128`, the photos it was calibrated on, `calibration`, its
+    `scheme` and its `agreement` with fp32): two calibrations of the same weights on other photos are
+    other networks, whose vectors differ; None for fp32 and bf16, and for int8 galleries written before
+    it was recorded (their network cannot be checked). `detector_precision` is bf16 when the detector's
+    networks ran in bf16 (`--precision bf16` on the gallery's first run), else fp32: their boxes differ.
     """
 
     backbone: str
@@ -39,8 +44,9 @@ class Provenance:
     recipe: dict[str, Any] = field(default_factory=dict)
     embedding_size: int = 512
     threshold: float | None = None
-    precision: str = defaults.PRECISION
+    precision: str = FP32
     int8_network: dict[str, Any] | None = None
+    detector_precision: str = FP32
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Provenance:
@@ -64,21 +70,44 @@ class Provenance:
         """One line: network, weights (and their SHA-256), precision when not fp32, detector, aligner."""
         weights = self.weights_file or self.pretrained
         digest = f", sha256 {self.weights_sha256[:12]}" if self.weights_sha256 else ""
-        precision = f", precision {self.precision}" if self.precision != "fp32" else ""
+        precision = f", precision {self.precision}" if self.precision != FP32 else ""
         if self.int8_network is not None:
             precision += f" (int8 network {self.int8_network['xxh3_128'][:12]})"
+        detector = f"{self.detector} (bf16)" if self.detector_precision == BF16 else self.detector
         return (
-            f"{self.backbone} with weights {weights}{digest}{precision}, detector {self.detector}, "
+            f"{self.backbone} with weights {weights}{digest}{precision}, detector {detector}, "
             f"aligner {describe_aligner(self.recipe)}"
         )
 
+    @property
+    def cosine_to_fp32(self) -> float | None:
+        """The worst cosine of these vectors to FP32's, as measured: 1 at fp32, an int8 network's as
+        foreseen from its calibration for faces it was not calibrated on (facerec.pipeline.int8); None
+        when not measured (bf16, an int8 network recorded before it was)."""
+        if self.precision == FP32:
+            return 1.0
+        if self.precision == INT8 and self.int8_network is not None:
+            return (self.int8_network.get("agreement") or {}).get("cosine_unseen")
+        return None
+
+    def accepts(self, precision: str) -> bool:
+        """Whether embeddings made at `precision` may be compared with these (facerec.pipeline.precision
+        .interchangeable)."""
+        return interchangeable(self.precision, self.cosine_to_fp32, precision)
+
     def same_vectors(self, other: Provenance) -> bool:
         """Whether `other` makes vectors comparable with these (where the weights file lives, and the
-        threshold, are no matter; nor where the int8 calibration photos lie). An int8 network recorded
-        by one side only cannot be compared: the other was written before networks were recorded."""
-        ignored = {"weights_file": None, "pretrained": None, "threshold": None, "int8_network": None}
-        networks = [p.int8_network["xxh3_128"] for p in (self, other) if p.int8_network is not None]
-        return replace(self, **ignored) == replace(other, **ignored) and len(set(networks)) <= 1
+        threshold, are no matter; nor where the int8 calibration photos lie; precisions that stand in for
+        each other, `accepts`, are the same). An int8 network recorded by one side only cannot be
+        compared: the other was written before networks were recorded."""
+        ignored = {
+            "weights_file": None, "pretrained": None, "threshold": None, "int8_network": None, "precision": FP32
+        }  # fmt: skip
+        networks = [
+            p.int8_network["xxh3_128"] for p in (self, other) if p.precision == INT8 and p.int8_network
+        ]
+        comparable = self.accepts(other.precision) or other.accepts(self.precision)
+        return replace(self, **ignored) == replace(other, **ignored) and comparable and len(set(networks)) <= 1
 
 
 def same_person_distance(recorded: Provenance | None, made: Provenance) -> float | None:

@@ -2,8 +2,8 @@
 
 `--gallery` is a folder path (the `local` store) or `NAME:REST` for a registered store NAME, such as
 `milvus:faces.db` or `milvus:http://host:19530#faces`; the store's factory receives REST. Text that
-begins like a URI (`NAME:` or `NAME://`) must name a registered store: `postgresql://host/db` with no
-store for `postgresql` is refused in one line rather than becoming a folder named `postgresql:`. An
+begins like a URI (`NAME:` or `NAME://`) must name a registered store: `mysql://host/db` with no
+store for `mysql` is refused in one line rather than becoming a folder named `mysql:`. An
 existing folder is always a folder, and `./name:with:colons` names a new one.
 """
 

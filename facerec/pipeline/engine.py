@@ -25,16 +25,22 @@ from facerec.contract.faces import Face, largest_first
 from facerec.contract.parts import Aligner, Backbone, Detector, InputRecipe
 from facerec.contract.registry import registry
 from facerec.errors import FacerecError, UsageError
+from facerec.pipeline.autoprecision import choose
 from facerec.pipeline.images import ImageError, load_image
+from facerec.pipeline.int8 import Calibration, FaceSource, calibration_faces, int8_network
 from facerec.pipeline.precision import (
+    AUTO,
+    BF16,
     FP32,
     INT8,
-    FaceSource,
-    calibration_faces,
+    Bfloat16Network,
     check_precision,
     int8_device,
-    int8_network,
+    int8_weight_bits,
+    networks_in_bf16,
+    note_emulated_bf16,
     stderr_note,
+    this_cpu,
 )
 from facerec.pipeline.standardize import standardize_pictures
 from facerec.pipeline.weights import fetch, load_state_dict, sha256_file
@@ -84,24 +90,45 @@ class LoadedBackbone:
     weights_sha256: str | None  # None for untrained (seeded random) weights
     device: torch.device
     pretrained: str | None = None  # the named weights loaded (`none`: untrained), None for a file
-    precision: str = FP32  # or INT8 (facerec.pipeline.precision)
+    precision: str = FP32  # FP32, INT8 or BF16; AUTO until `resolve` chooses (facerec.pipeline.precision)
     recipe: InputRecipe | None = None  # how its faces are made, when not the plugin's own (--aligner)
-    calibration: FaceSource | None = None  # int8: the faces to calibrate on (default: the demo photos)
+    calibration: FaceSource | None = None  # int8, auto: faces to calibrate on (default: the demo's)
+    int8_weight_bits: int = field(default_factory=lambda: int8_weight_bits(this_cpu()[1]))  # or a gallery's
     _inference: torch.nn.Module | None = field(default=None, repr=False)
 
     @property
     def inference(self) -> torch.nn.Module:
         """The inference form of `module` at this precision, built (int8: loaded or calibrated) once."""
+        precision = self.resolve()  # auto: may build the network while measuring
         if self._inference is None:
-            self._inference = self._build_inference()
+            if precision == BF16:
+                note_emulated_bf16(self.device)
+            self._inference = self.network_at(precision)
         return self._inference
 
-    def _build_inference(self) -> torch.nn.Module:
-        if self.precision != INT8:
-            return self.plugin.for_inference(self.module.eval()).to(self.device)
-        recipe = self.recipe or self.plugin.recipe
-        faces = self.calibration or public_calibration(recipe)
-        return int8_network(self, recipe, faces, stderr_note)
+    def resolve(self, allowed: Sequence[str] | None = None) -> str:
+        """The precision this runs at: under AUTO, chosen now (measured, or read from the record of an
+        earlier measurement: facerec.pipeline.autoprecision) among `allowed` (None: any)."""
+        if self.precision == AUTO:
+            self.precision, self._inference = choose(self, allowed, stderr_note)
+            if self.precision == INT8 and self.device.type != "cpu":  # a gallery's int8 on a GPU machine
+                self.device = torch.device("cpu")
+                self.module = self.module.to(self.device)
+        return self.precision
+
+    def network_at(self, precision: str, faces: FaceSource | None = None) -> torch.nn.Module:
+        """A new inference network of `module` at `precision` (int8: calibrated on `faces`, else on
+        this backbone's own calibration faces, when not cached)."""
+        if precision == INT8:
+            recipe = self.recipe or self.plugin.recipe
+            return int8_network(
+                self, recipe, faces or self.faces_source(), stderr_note, self.int8_weight_bits
+            )
+        network = self.plugin.for_inference(self.module.eval()).to(self.device)
+        return Bfloat16Network(network) if precision == BF16 else network
+
+    def faces_source(self) -> FaceSource:
+        return self.calibration or public_calibration(self.recipe or self.plugin.recipe)
 
     @property
     def threshold(self) -> float | None:
@@ -153,7 +180,9 @@ def load_backbone(
     """Build backbone `name` with `weights` (a state-dict file) or the named `pretrained` weights.
 
     `pretrained` None means the backbone's default weights; `none` means untrained, initialised from a
-    fixed seed so that two runs agree. `precision` int8 runs on the CPU (facerec.pipeline.precision).
+    fixed seed so that two runs agree. `precision` int8 runs on the CPU; `auto` is chosen when the
+    network is first needed (facerec.pipeline.precision). The library defaults to fp32, the commands to
+    auto (facerec.defaults.PRECISION).
     """
     plugin = backbone_plugin(name)
     check_precision(precision, plugin, name)
@@ -175,7 +204,7 @@ def public_calibration(recipe: InputRecipe) -> FaceSource:
     """int8 calibration faces for a backbone loaded alone: the demo photos, found by the default
     detector and aligned by the recipe's aligner."""
 
-    def faces() -> torch.Tensor:
+    def faces() -> Calibration:
         aligner, _ = create_aligner(recipe)
         return calibration_faces(create_detector(defaults.DETECTOR), aligner, recipe, None)
 
@@ -236,6 +265,7 @@ class Pipeline:
     aligner: Aligner
     recipe: InputRecipe
     backbone: LoadedBackbone | None = None
+    detector_precision: str = FP32  # or BF16: the detector's networks under bf16 autocast
     images_per_batch: int = 8
     faces_per_batch: int = 32
 
@@ -262,7 +292,12 @@ class Pipeline:
 
     def find(self, images: Sequence[Image.Image]) -> list[list[Face]]:
         """The faces of each decoded image, largest first (video frames come here as well as photos)."""
-        return [largest_first(faces) for faces in detect_bounded(self.detector, images)]
+        if self.detector_precision == BF16:
+            with networks_in_bf16():
+                found = detect_bounded(self.detector, images)
+        else:
+            found = detect_bounded(self.detector, images)
+        return [largest_first(faces) for faces in found]
 
     def pictures(self, image: Image.Image, faces: Sequence[Face]) -> list[Image.Image]:
         """The backbone's input picture of each of `faces` in `image`."""
@@ -343,14 +378,21 @@ def build_pipeline(
     weights: str | os.PathLike | None = None,
     device: str | None = "auto",
     precision: str = FP32,
-    calibration: str | os.PathLike | None = None,
+    calibration: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    allowed: Sequence[str] | None = None,
+    detector_precision: str | None = None,
+    int8_weight_bits: int | None = None,
 ) -> Pipeline:
     """The one place a pipeline is composed: detector, the backbone's recipe (its aligner, or the one
     asked for), and with `embed` the backbone's network with its weights at `precision`.
 
     Parts are built before any weights are fetched, so a bad option is reported before a download. An
     int8 network is calibrated, when not cached, on the faces this pipeline finds in the photos of
-    `calibration` (a folder), else in the demo photos.
+    `calibration` (a folder, or a list of photos), else in the demo photos; `int8_weight_bits` (7 or 8)
+    overrides this CPU's choice (for a gallery's network). `auto` is chosen now, among `allowed` (None:
+    any). The detector runs at `detector_precision`: by default bf16 when bf16 is asked for by name,
+    else fp32 (auto chooses for the backbone only: at bf16 MTCNN's boxes move, see
+    facerec.pipeline.precision).
     """
     found = create_detector(detector, detector_options)
     plugin = backbone_plugin(backbone)
@@ -359,7 +401,23 @@ def build_pipeline(
     part, recipe = create_aligner(recipe)
     loaded = load_backbone(backbone, pretrained, weights, device, precision) if embed else None
     if loaded is not None:
-        folder = Path(calibration) if calibration is not None else None
+        photos = _calibration_photos(calibration)
         loaded.recipe = recipe
-        loaded.calibration = lambda: calibration_faces(found, part, recipe, folder)
-    return Pipeline(detector=found, detector_name=detector, aligner=part, recipe=recipe, backbone=loaded)
+        loaded.calibration = lambda: calibration_faces(found, part, recipe, photos)
+        if int8_weight_bits is not None:
+            loaded.int8_weight_bits = int8_weight_bits
+        loaded.resolve(allowed)
+    return Pipeline(
+        detector=found,
+        detector_name=detector,
+        aligner=part,
+        recipe=recipe,
+        backbone=loaded,
+        detector_precision=detector_precision or (BF16 if precision == BF16 else FP32),
+    )
+
+
+def _calibration_photos(calibration: str | os.PathLike | Sequence | None) -> Path | list[Path] | None:
+    if calibration is None or isinstance(calibration, str | os.PathLike):
+        return Path(calibration) if calibration is not None else None
+    return [Path(photo) for photo in calibration]

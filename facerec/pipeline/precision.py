@@ -1,94 +1,158 @@
-"""`--precision int8`: a backbone's inference network quantized statically, calibrated on real faces, cached.
+"""`--precision fp32|int8|bf16|auto`: the arithmetic a backbone (and, at bf16, a detector) runs in.
 
-Why static int8 (weights and activations): on CPUs the convolutions then run on 8-bit integer kernels,
-1.5-2x faster than our fused FP32 networks, while the embeddings stay within cosine 0.999 of FP32. The
-backbone supplies a float network torch.fx can trace (`for_quantization`, see facerec.contract.parts.Backbone);
-this module knows no concrete model. It quantizes with PyTorch's FX graph mode on the x86 engine:
+- fp32: the backbone's fused inference network (Backbone.for_inference).
+- int8: that network quantized statically, calibrated on real faces, cached (facerec.pipeline.int8); CPU only.
+- bf16: a bfloat16 copy of the fused network run under autocast (ops autocast keeps in float32 stay
+  there), its embeddings normalized again in float32. On CPUs with AVX512-BF16 or AMX the matrix units
+  take bf16 natively; elsewhere PyTorch emulates it, with the same numbers, several times slower than
+  fp32. A detector at bf16 runs each of its networks under autocast, their outputs cast back to float32,
+  so boxes, suppression and landmarks are computed in float32 (`networks_in_bf16`). Even so, MTCNN's
+  cascade amplifies bf16's rounding: on the shared photos it finds the same faces, with boxes at IoU
+  0.77-0.99 to FP32's. So only `--precision bf16` runs a detector at bf16, never auto, and a gallery
+  records the detector's precision.
+- auto: the fastest of these that this machine runs natively and that keeps the backbone's embeddings
+  within cosine COSINE of FP32, measured once per machine and model (facerec.pipeline.autoprecision).
 
-- activations: unsigned 8-bit, per tensor, over the whole range seen on the calibration faces. A
-  histogram's error-minimizing ranges fit the few dozen calibration faces better and clip other faces:
-  on unseen faces the worst cosine to FP32 fell from 0.9990 to 0.9986 (dlib-resnet);
-- weights: signed, per output channel, symmetric, limited to 7 bits (-64..63). On CPUs without VNNI the
-  integer kernels add pairs of u8 x s8 products in 16 bits, which saturates for 8-bit weights and
-  activations; PyTorch's default gives up one bit of the activations instead (`reduce_range`), which
-  costs faces far more accuracy (median cosine 0.9991 against 0.9996 on facerec's test photos).
-
-Calibration needs aligned faces as the backbone sees them: those of the user's photos when a command has
-them (the folder `index` enrolls, the data `evaluate` reads), else the public five-person demo set
-(facerec.demo), downloaded once. The quantized network is cached in `$TORCH_HOME/checkpoints/facerec-int8`,
-keyed by the backbone, the weights' SHA-256, the input recipe, the quantization scheme and the torch
-version, as a state dict of plain and quantized tensors (no pickle: it loads with weights_only=True),
-with the photos it was calibrated on (path and SHA-256 each). Loading rebuilds the graph without
-calibrating and fills it from the file, in a fraction of the time. The first calibration of a key is the
-one every later run uses.
-
-A cache that still loads may hold another network than the one written (a damaged or edited file), and
-every face then embeds wrongly with no error. So its checksum is recorded beside it (`.pt.xxh128`,
-facerec.integrity) and checked before use: a damaged cache is named on stderr and made again. A cache
-written before checksums were recorded is adopted: its checksum is recorded once it loads. Each network
-is known by that checksum (`identity`): a gallery records the one that made its vectors, with its
-calibration photos, so that a search with another network is refused, and a cache that is gone is made
-again from those photos when they are still on disk (calibration is deterministic: the same faces give
-the same file, byte for byte, on the same kind of CPU).
+What a machine runs natively is a function of its CPU's flags (as /proc/cpuinfo lists them) or its GPU,
+kept apart from reading them (`candidates`, `int8_weight_bits`) so that every case is tested on any machine.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
+import copy
+import functools
+import os
+import platform
 import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Iterator, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from facerec.errors import FacerecError, UsageError
-from facerec.integrity import Damaged, adopt, read_checked, write_checked
-from facerec.pipeline.images import IMAGE_SUFFIXES, ImageError, load_image
-from facerec.pipeline.standardize import standardize_pictures
-from facerec.pipeline.weights import cache_dir, sha256_file
+from facerec import defaults
+from facerec.errors import UsageError
 
 if TYPE_CHECKING:
-    from facerec.contract.parts import Aligner, Backbone, Detector, InputRecipe
-    from facerec.pipeline.engine import LoadedBackbone
+    from facerec.contract.parts import Backbone
 
-FP32, INT8 = "fp32", "int8"
-PRECISIONS = (FP32, INT8)
-ENGINE = "x86"
-SCHEME = "fx-x86-static/act-u8-minmax-per-tensor/w-s7-symmetric-per-channel/1"
-FORMAT = "facerec-int8/1"
-CALIBRATION_PHOTOS = 32  # photos read at most; the faces of a few dozen photos fix the ranges
-CALIBRATION_SIDE = 1024  # photos are shrunk to this before detection: faster, the faces stay large
+FP32, INT8, BF16, AUTO = "fp32", "int8", "bf16", "auto"
+PRECISIONS = (FP32, INT8, BF16)  # what a network runs at
+CHOICES = (*PRECISIONS, AUTO)  # what a user may ask for
+COSINE = 0.9995  # the worst cosine to FP32 that auto keeps, and that lets precisions stand in for each other
+FLOAT_FAMILY = frozenset({FP32, BF16})  # bf16 rounds FP32's numbers: cosine 0.99999 on faces
+ENGINE = "x86"  # torch's quantized engine for int8
 
-IDENTITY = "facerec_int8_identity"  # the attribute of an int8 network that says which network it is
+# The CPU flags that decide precisions (and that benchmarks print): native bf16, 8-bit dot products.
+RELEVANT_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+    "amx_int8",
+)  # fmt: skip
+NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
+# Without these, x86's int8 kernels add pairs of u8 x s8 products in 16 bits (AVX2's vpmaddubsw), which
+# saturates with 8-bit weights; VNNI and AMX sum in 32 bits. (AVX-VNNI, 256-bit, is not counted: not
+# every kernel of torch's x86 engine uses it.)
+FULL_INT8 = frozenset({"avx512_vnni", "amx_int8"})
 
 
 @dataclass(frozen=True)
-class Calibration:
-    """Standardized faces (N, 3, S, S) to calibrate on, and the photos they were cut from, in order
-    (`{"path", "sha256"}` each): recorded with the network, they can make it again."""
+class Machine:
+    """What a precision's speed depends on: the CPU model and its relevant flags, or the GPU."""
 
-    faces: torch.Tensor
-    photos: list[dict[str, str]]
+    cpu: str
+    flags: frozenset[str]
+    gpu: str | None = None  # the CUDA device's name and compute capability, when the network runs there
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cpu": self.cpu, "flags": sorted(self.flags), "gpu": self.gpu}
+
+    def describe(self) -> str:
+        """One line for messages and benchmarks: the CPU, the flags it has and those it lacks."""
+        has = " ".join(flag for flag in RELEVANT_FLAGS if flag in self.flags) or "none"
+        lacks = " ".join(flag for flag in RELEVANT_FLAGS if flag not in self.flags) or "none"
+        gpu = f"; GPU {self.gpu}" if self.gpu else ""
+        return f"{self.cpu} (flags: {has}; lacks: {lacks}){gpu}"
 
 
-FaceSource = Callable[[], Calibration]
+@functools.cache
+def this_cpu() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and its RELEVANT_FLAGS, from /proc/cpuinfo (elsewhere: no flags known)."""
+    model, flags = platform.processor() or platform.machine() or "unknown CPU", set()
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return model, frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return model, frozenset(flags) & frozenset(RELEVANT_FLAGS)
+
+
+def machine(device: torch.device) -> Machine:
+    """This machine as seen by a network on `device`."""
+    cpu, flags = this_cpu()
+    gpu = None
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        gpu = f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+    return Machine(cpu, flags, gpu)
+
+
+def native_bf16(flags: Set[str]) -> bool:
+    return bool(flags & NATIVE_BF16)
+
+
+def int8_weight_bits(flags: Set[str]) -> int:
+    """8-bit weights where the CPU sums int8 products in 32 bits (VNNI, AMX), else 7 (see FULL_INT8)."""
+    return 8 if flags & FULL_INT8 else 7
+
+
+def candidates(
+    flags: Set[str], device_type: str, quantizable: bool, gpu_bf16: bool = False
+) -> tuple[str, ...]:
+    """The precisions worth measuring for a backbone on this machine, FP32 first: int8 on a CPU when the
+    backbone can be quantized and torch has its x86 engine; bf16 where it runs natively (a CPU with
+    AVX512-BF16 or AMX, a GPU of compute capability 8 or more: `gpu_bf16`). Emulated bf16 is never
+    faster than FP32, so it is not measured."""
+    found = [FP32]
+    if device_type == "cpu":
+        if quantizable and ENGINE in torch.backends.quantized.supported_engines:
+            found.append(INT8)
+        if native_bf16(flags):
+            found.append(BF16)
+    elif device_type == "cuda" and gpu_bf16:
+        found.append(BF16)
+    return tuple(found)
+
+
+def quantizable(plugin: Backbone) -> bool:
+    return callable(getattr(plugin, "for_quantization", None))
+
+
+def default_precision() -> str:
+    """What a command runs at when --precision is not given: FACEREC_PRECISION, else auto."""
+    found = os.environ.get(defaults.PRECISION_VARIABLE) or defaults.PRECISION
+    if found not in CHOICES:
+        raise UsageError(
+            f"{defaults.PRECISION_VARIABLE}={found}: unknown precision (available: {', '.join(CHOICES)})"
+        )
+    return found
 
 
 def check_precision(precision: str, plugin: Backbone, name: str) -> None:
     """Refuse, before any weights load, a precision the backbone or this machine cannot run."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision: unknown precision '{precision}' (available: {', '.join(PRECISIONS)})")
-    if precision == FP32:
+    if precision not in CHOICES:
+        raise UsageError(f"--precision: unknown precision '{precision}' (available: {', '.join(CHOICES)})")
+    if precision != INT8:
         return
-    if not callable(getattr(plugin, "for_quantization", None)):
+    if not quantizable(plugin):
         raise UsageError(
             f"--precision int8: backbone '{name}' cannot be quantized (it declares no for_quantization); "
             "use --precision fp32"
@@ -104,246 +168,120 @@ def int8_device(device: str | None) -> str:
     raise UsageError(f"--device {device}: --precision int8 runs on the CPU only; use --device cpu")
 
 
-def cache_key(loaded: LoadedBackbone, recipe: InputRecipe) -> str:
-    """SHA-256 of everything that makes the quantized network what it is (not the calibration photos:
-    the first calibration of a key is kept, see the module docstring)."""
-    version = ".".join(torch.__version__.split("+")[0].split(".")[:2])  # quantized tensors' layout
-    parts = {
-        "format": FORMAT,
-        "scheme": SCHEME,
-        "torch": version,
-        "backbone": loaded.name,
-        "weights_sha256": loaded.weights_sha256 or "untrained (seed 0)",
-        "recipe": recipe.to_json(),
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+def interchangeable(recorded: str, cosine: float | None, other: str) -> bool:
+    """Whether embeddings made at `other` may be compared with embeddings made at `recorded`, whose
+    worst cosine to FP32 was measured as `cosine` (None: not measured). FP32 and bf16 stand in for each
+    other; either stands in for a precision measured within COSINE of FP32 (an int8 network), since FP32
+    is then within COSINE of it. Two int8 networks are not compared here (each is its own, see
+    facerec.gallery.provenance)."""
+    if other == recorded:
+        return True
+    if recorded in FLOAT_FAMILY:
+        return other in FLOAT_FAMILY
+    return other in FLOAT_FAMILY and cosine is not None and cosine >= COSINE
 
 
-def cache_path(loaded: LoadedBackbone, recipe: InputRecipe) -> Path:
-    """The cached int8 network, beside the weights: checkpoints/facerec-int8/BACKBONE-WEIGHTS-KEY.pt."""
-    weights = (loaded.weights_sha256 or "untrained")[:12]
-    return cache_dir() / "facerec-int8" / f"{loaded.name}-{weights}-{cache_key(loaded, recipe)[:16]}.pt"
+# bf16.
 
 
-def int8_network(
-    loaded: LoadedBackbone, recipe: InputRecipe, faces: FaceSource, note: Callable[[str], None]
-) -> nn.Module:
-    """The int8 inference network of `loaded`: from the cache when it is intact, else calibrated on
-    `faces()` and cached. Its `identity` says which network it is."""
-    path = cache_path(loaded, recipe)
-    quiet_concatenation()
-    form = quantizable_form(loaded)
-    cached = read_cache(path, form, recipe.size, note)
-    if cached is not None:
-        return cached
-    calibration = faces()
-    if len(calibration.faces) == 0:
-        raise FacerecError("--precision int8: no face found in the calibration photos")
-    note(f"calibrating int8 {loaded.name} on {len(calibration.faces)} faces (once: cached in {path})")
-    network = quantize(form, calibration.faces)
-    digest = write_cache(path, network, calibration)
-    setattr(network, IDENTITY, {"xxh3_128": digest, "calibration": calibration.photos})
-    return network
+class Bfloat16Network(nn.Module):
+    """A bf16 copy of a (fused, float32) network, run under autocast, with float32 unit vectors out.
+
+    The copy holds its weights in bf16 once, rather than autocast casting them at every call; autocast
+    still casts what the network's own code makes in float32, and keeps in float32 the operations it
+    lists as needing it. The embeddings are normalized again in float32: in bf16 their norm is off by
+    up to 0.003.
+    """
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = copy.deepcopy(network).to(torch.bfloat16)
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(faces.device.type, dtype=torch.bfloat16):
+            vectors = self.network(faces.to(torch.bfloat16)).float()
+        return vectors / vectors.norm(dim=1, keepdim=True)
 
 
-def identity(network: nn.Module) -> dict[str, Any] | None:
-    """Which int8 network this is: the checksum of its cache file (`xxh3_128`) and the photos it was
-    calibrated on (`calibration`); None for a network not made here (an FP32 one)."""
-    return getattr(network, IDENTITY, None)
-
-
-def quiet_concatenation() -> None:
-    """Silence, for good, torch's warning at the first concatenation of int8 tensors with different
-    ranges (Inception's branches): it requantizes them, and the accuracy is measured (tests/pipeline/test_precision.py)."""
-    warnings.filterwarnings(
-        "ignore", message="All inputs of this cat operator must share the same quantization"
-    )
-
-
-def quantizable_form(loaded: LoadedBackbone) -> nn.Module:
-    with torch.no_grad():
-        return loaded.plugin.for_quantization(loaded.module.eval()).eval()
-
-
-def qconfig_mapping(form: nn.Module) -> Any:
-    """The scheme of the module docstring, with the backbone's `float_modules` left in FP32."""
-    from torch.ao.quantization import QConfig, QConfigMapping
-    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
-
-    weight = PerChannelMinMaxObserver.with_args(
-        dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-64, quant_max=63
-    )
-    activation = MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=False)
-    mapping = QConfigMapping().set_global(QConfig(activation=activation, weight=weight))
-    for name in getattr(form, "float_modules", ()):
-        mapping.set_module_name(name, None)
-    return mapping
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """No warnings: torch deprecates its FX quantization and quantized tensors (for torchao) at every
-    use, and the CLI's stderr is for the user. Only while building, before any serving thread runs."""
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        yield
-
-
-@contextmanager
-def _fx_quantization() -> Iterator[Any]:
-    """torch's FX quantization functions, on the x86 engine, quietly."""
-    from torch.ao.quantization import quantize_fx
-
-    torch.backends.quantized.engine = ENGINE
-    with _quiet():
-        yield quantize_fx
-
-
-def quantize(form: nn.Module, faces: torch.Tensor, batch: int = 16) -> nn.Module:
-    """`form` quantized, its activation ranges observed on `faces`."""
-    with _fx_quantization() as fx:
-        prepared = fx.prepare_fx(form, qconfig_mapping(form), (faces[:1],))
-        for start in range(0, len(faces), batch):
-            prepared(faces[start : start + batch])
-        return fx.convert_fx(prepared).eval()
-
-
-def skeleton(form: nn.Module, size: int) -> nn.Module:
-    """The quantized graph of `form` with placeholder ranges, to be filled from a cached state dict."""
-    with _fx_quantization() as fx:
-        example = torch.zeros(1, 3, size, size)
-        return fx.convert_fx(fx.prepare_fx(form, qconfig_mapping(form), (example,))).eval()
-
-
-def write_cache(path: Path, network: nn.Module, calibration: Calibration) -> str:
-    """The network's state dict (plain and quantized tensors) with what made it, written atomically
-    with its checksum beside it; returns the checksum."""
-    record = {
-        "format": FORMAT,
-        "scheme": SCHEME,
-        "calibration_faces": len(calibration.faces),
-        "calibration": calibration.photos,
-        "state_dict": network.state_dict(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(record, buffer)
-    return write_checked(path, buffer.getbuffer())
-
-
-def read_cache(path: Path, form: nn.Module, size: int, note: Callable[[str], None]) -> nn.Module | None:
-    """The cached network, its identity set; None when there is none, or when it is damaged or does not
-    fit (`note` says which: it is then made again)."""
-    if not path.is_file():
-        return None
-    try:
-        data, digest = read_checked(path)
-    except Damaged as damaged:
-        note(f"{damaged}; it is made again")
-        return None
-    except OSError as error:
-        note(f"{path}: cannot be read ({error.strerror}); it is made again")
-        return None
-    try:
-        with _quiet():
-            record = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        if record.get("format") != FORMAT:
-            note(f"{path}: not an int8 network of this facerec ({record.get('format')}); it is made again")
-            return None
-        network = skeleton(form, size)
-        network.load_state_dict(record["state_dict"])
-    except Exception as error:  # torch raises many types for bad files; all mean "make it again"
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        note(f"{path}: damaged int8 cache, it does not load ({first_line[:200]}); it is made again")
-        return None
-    digest = digest or adopt(path, data)
-    setattr(network, IDENTITY, {"xxh3_128": digest, "calibration": record.get("calibration", [])})
-    return network
-
-
-# The calibration faces.
-
-
-def calibration_faces(
-    detector: Detector, aligner: Aligner, recipe: InputRecipe, folder: Path | None
-) -> Calibration:
-    """The calibration of the photos in `folder` (sampled: `sample_photos`), else of the public demo set."""
-    photos = sample_photos(folder) if folder is not None else public_photos()
-    return faces_of_photos(detector, aligner, recipe, photos, folder or "the demo photos")
-
-
-def faces_of_photos(
-    detector: Detector, aligner: Aligner, recipe: InputRecipe, photos: Sequence[Path], where: object
-) -> Calibration:
-    """The standardized faces of `photos`, aligned as the backbone's recipe says: every face found, the
-    small and blurred ones too, since those stretch the ranges that later faces must fit in. `where`
-    names the photos in the error raised when none has a face."""
-    from facerec.pipeline.engine import cut  # engine builds on this module
-
-    pictures, used = [], []
-    for path in photos:
-        try:
-            image = load_image(path)
-        except ImageError:
-            continue  # index names the photos it cannot read; here they just do not calibrate
-        image.thumbnail((CALIBRATION_SIDE, CALIBRATION_SIDE))
-        (faces,) = detector.detect([image])
-        if faces:
-            pictures += cut(detector, aligner, image, faces, recipe)
-            used.append({"path": str(Path(path).resolve()), "sha256": sha256_file(Path(path))})
-    if not pictures:
-        raise FacerecError(f"{where}: no face found to calibrate --precision int8 on")
-    return Calibration(standardize_pictures(pictures, recipe), used)
-
-
-def recorded_photos(calibration: Sequence[dict[str, str]]) -> list[Path] | None:
-    """The photos a network was calibrated on, when every one is still on disk with the bytes it had
-    (then calibrating on them makes that network again); None when any is gone or changed, or none
-    were recorded."""
-    photos = [Path(photo["path"]) for photo in calibration]
-    try:
-        same = all(
-            sha256_file(path) == photo["sha256"] for path, photo in zip(photos, calibration, strict=True)
+def note_emulated_bf16(device: torch.device) -> None:
+    """Say once, on stderr, that bf16 on this CPU is emulated: it is correct, and slower than fp32."""
+    if device.type == "cpu" and not native_bf16(this_cpu()[1]):
+        _once(
+            f"--precision bf16: this CPU ({this_cpu()[0]}) has no native bf16 (avx512_bf16, amx_bf16); "
+            "PyTorch emulates it: the same numbers, slower than fp32"
         )
-    except OSError:
+
+
+@functools.cache
+def _once(message: str) -> None:
+    stderr_note(message)
+
+
+_scope = threading.local()  # per thread: how deep inside a top-level module call, and its autocast
+_hooks_lock = threading.Lock()
+_hooks: list[Any] = []
+
+
+@contextmanager
+def networks_in_bf16() -> Iterator[None]:
+    """Within this block, in this thread, every torch module called from outside any other runs under
+    bf16 autocast and returns float32: a detector's networks compute in bf16, and the code between them
+    (boxes, suppression, landmarks) stays float32, as it was written for. Works for any detector, since
+    it hooks module calls, not a detector's code; other threads are untouched."""
+    _install_hooks()
+    previous = getattr(_scope, "state", None)
+    _scope.state = {"depth": 0, "open": []}
+    try:
+        yield
+    finally:
+        for autocast in reversed(_scope.state["open"]):  # a network that raised left its autocast open
+            autocast.__exit__(None, None, None)
+        _scope.state = previous
+
+
+def _install_hooks() -> None:
+    """Global module hooks, installed once per process, inactive outside `networks_in_bf16`."""
+    with _hooks_lock:
+        if not _hooks:
+            modules = torch.nn.modules.module
+            _hooks.append(modules.register_module_forward_pre_hook(_enter_network))
+            _hooks.append(modules.register_module_forward_hook(_leave_network))
+
+
+def _enter_network(module: nn.Module, args: tuple) -> None:
+    state = getattr(_scope, "state", None)
+    if state is None:
+        return
+    if state["depth"] == 0:
+        device = next((arg.device.type for arg in args if isinstance(arg, torch.Tensor)), "cpu")
+        autocast = torch.autocast(device, dtype=torch.bfloat16)
+        autocast.__enter__()
+        state["open"].append(autocast)
+    state["depth"] += 1
+
+
+def _leave_network(module: nn.Module, args: tuple, output: Any) -> Any:
+    state = getattr(_scope, "state", None)
+    if state is None:
         return None
-    return photos if photos and same else None
+    state["depth"] -= 1
+    if state["depth"] > 0:
+        return None
+    state["open"].pop().__exit__(None, None, None)
+    return _float32(output)
 
 
-def sample_photos(folder: Path, count: int = CALIBRATION_PHOTOS) -> list[Path]:
-    """Up to `count` photos of `folder`, taken in turn from each identity folder (sorted: the same
-    photos every time), so that every person and not just the first few shape the ranges."""
-    people = sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
-    groups = [_photos_in(person) for person in people] or [_photos_in(Path(folder))]
-    rounds = (
-        [group[i] for group in groups if i < len(group)] for i in range(max(map(len, groups), default=0))
-    )
-    return list(islice((photo for photos in rounds for photo in photos), count))
-
-
-def _photos_in(folder: Path) -> list[Path]:
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not path.name.startswith(".")
-    )
-
-
-def public_photos() -> Sequence[Path]:
-    """The demo set's photos (facerec.demo), downloaded and verified once into the weights cache."""
-    from facerec.demo import FILES, fetch_file
-
-    folder = cache_dir() / "facerec-calibration"
-    advice = (
-        "--precision int8 calibrates once on the demo photos when a command has no photos of its own: "
-        "connect to the network, set FACEREC_MIRROR, or run `facerec index DIR --precision int8` first "
-        "(it calibrates on DIR)"
-    )
-    for relative in FILES:
-        fetch_file(relative, folder / relative, advice)
-    return [folder / relative for relative in FILES]
+def _float32(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype == torch.bfloat16 else value
+    if isinstance(value, tuple | list):
+        items = [_float32(item) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, dict):
+        return {key: _float32(item) for key, item in value.items()}
+    return value
 
 
 def stderr_note(message: str) -> None:
-    """One line on stderr: calibrating takes a while, once, and the user should know why."""
+    """One line on stderr: calibrating and measuring take a while, once, and the user should know why."""
     print(message, file=sys.stderr, flush=True)

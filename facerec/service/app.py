@@ -12,9 +12,10 @@ Identity names in paths go through facerec.gallery.names's rule (NFC, refusals) 
 folder names do, and so do the names given to people (facerec.service.people: the choices of `facerec
 people` over HTTP).
 
-What runs where: the event loop only parses requests and awaits; decoding and detection run in the CPU
-pool (a stream's frames too), uploaded clips in the video pool, embedding in the batcher's thread
-(facerec.service.models), gallery reads in the threadpool, edits on a writer thread. Keys are checked
+What runs where: the event loop only parses requests and awaits; decoding and alignment run in the CPU
+pool (a stream's frames too), detection in the detector batcher's thread, uploaded clips in the video
+pool, embedding in the backbone batcher's thread (facerec.service.models), gallery reads in the
+threadpool, edits on a writer thread. Keys are checked
 before a body is read (Authorization below).
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -78,6 +80,7 @@ class Settings:
     max_uploads: int = 16  # bodies being received at once
     max_pixels: int = 200_000_000  # decoded pixels of images in stage one at once
     pixel_wait: float = 5.0  # seconds an image waits for room among those pixels
+    uploads: Path | None = None  # where enrolled photos go (--uploads); None: the store's own folder
 
 
 class Service:
@@ -314,7 +317,7 @@ def _identities(app: FastAPI, service: Service) -> None:
                 raise ServiceError(400, f"{photo.name}: no face found")
             (vector,) = await service.models.batcher.run(prepared.faces[:1])
         enrolled = await service.edit(
-            edits.enroll,
+            functools.partial(edits.enroll, uploads=service.settings.uploads),
             service.models.made,
             identity,
             photo.data,
@@ -329,13 +332,15 @@ def _identities(app: FastAPI, service: Service) -> None:
     )
     async def delete_face(identity: str, face_id: str) -> Response:
         """Delete one face of an identity."""
-        await service.edit(edits.delete, edits.check_identity(identity), face_id)
+        delete = functools.partial(edits.delete, uploads=service.settings.uploads)
+        await service.edit(delete, edits.check_identity(identity), face_id)
         return Response(status_code=204)
 
     @app.delete("/v1/identities/{identity}", status_code=204, dependencies=keys, tags=["identities"])
     async def delete_identity(identity: str) -> Response:
         """Delete an identity with all its faces."""
-        await service.edit(edits.delete, edits.check_identity(identity))
+        delete = functools.partial(edits.delete, uploads=service.settings.uploads)
+        await service.edit(delete, edits.check_identity(identity))
         return Response(status_code=204)
 
 

@@ -1,16 +1,20 @@
-"""Dynamic batching: the faces of requests that arrive together go through the backbone in one call.
+"""Dynamic batching: the work of requests that arrive together goes through a model in one call.
 
-Each request puts its faces (one tensor) in a queue and waits for their embeddings. One worker thread
-takes the first job waiting, then keeps taking jobs until the batch holds `max_faces` faces or
-`max_wait` seconds have passed since it took the first, and runs the whole batch in one call. One call
-on 16 faces costs much less than 16 calls on one (the weights are read from memory once per call, and a
-GPU is busy only when given enough work), and while a call runs, the next requests gather in the queue.
-The wait is bounded: a lone request pays at most `max_wait`. `max_faces=1` turns batching off: every
-request's faces go through in a call of their own.
+Each request puts its work (a job: one image to detect, one tensor of faces to embed) in a queue and
+waits for its result. One worker thread takes the first job waiting, then keeps taking jobs until the
+batch is full (`max_jobs` jobs, or jobs whose `size` adds up to `limit`) or `max_wait` seconds have
+passed since it took the first, and runs the whole batch in one call. One call on 16 faces costs much
+less than 16 calls on one (the weights are read from memory once per call, and a GPU is busy only
+when given enough work), and while a call runs, the next requests gather in the queue. The wait is
+bounded: a lone request pays at most `max_wait`. A limit of 1 turns batching off: every job goes
+through in a call of its own.
 
-One thread runs every call, so calls never compete with each other for the cores (torch already spreads
-one call over all of them). The queue is unbounded here; the server bounds what reaches it (see
-facerec.service.limits.Admission).
+The server runs two: the backbone's, of faces (`size`: their number, `limit`: --max-batch), and the
+detector's, of images (facerec.service.models: `size`: the pixels the detector works on, `limit`:
+its working size, so a batch holds one large photo or many small ones; `max_jobs`:
+--max-detect-batch). One thread runs every call of a batcher, so its calls never compete with each
+other for the cores (torch already spreads one call over all of them). The queue is unbounded here;
+the server bounds what reaches it (see facerec.service.limits.Admission).
 """
 
 from __future__ import annotations
@@ -19,36 +23,62 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import torch
 
+T = TypeVar("T")
+R = TypeVar("R")
 _STOP = None  # put in the queue by `stop`
 
 
 @dataclass
-class _Job:
-    faces: torch.Tensor
+class _Job(Generic[T]):
+    work: T
+    size: int
     future: Future = field(default_factory=Future)
 
 
-class Batcher:
-    """Runs `call` (faces (N, ...) -> results (N, ...)) on batches of the jobs submitted meanwhile."""
+class Batcher(Generic[T, R]):
+    """Runs `call` (the jobs' work, in order -> one result each) on batches of the jobs submitted
+    meanwhile: at most `max_jobs` jobs (None: no bound) whose sizes add up to at most `limit` (a job
+    larger than that runs alone)."""
 
     def __init__(
-        self, call: Callable[[torch.Tensor], torch.Tensor], max_faces: int = 32, max_wait: float = 0.005
+        self,
+        call: Callable[[list[T]], Sequence[R]],
+        limit: int,
+        max_wait: float = 0.005,
+        size: Callable[[T], int] = len,
+        max_jobs: int | None = None,
+        name: str = "facerec-batcher",
     ) -> None:
-        if max_faces < 1 or max_wait < 0:
-            raise ValueError("max_faces must be at least 1 and max_wait at least 0")
+        if limit < 1 or max_wait < 0 or (max_jobs is not None and max_jobs < 1):
+            raise ValueError("limit and max_jobs must be at least 1 and max_wait at least 0")
         self.call = call
-        self.max_faces = max_faces
+        self.limit = limit
         self.max_wait = max_wait
+        self.size = size
+        self.max_jobs = max_jobs
         self.calls = 0  # batches run
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._held: _Job | None = None  # taken from the queue but too big for the batch being made
-        self._thread = threading.Thread(target=self._work, name="facerec-batcher", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+
+    @classmethod
+    def of_tensors(
+        cls, call: Callable[[torch.Tensor], torch.Tensor], max_rows: int, max_wait: float = 0.005
+    ) -> Batcher[torch.Tensor, torch.Tensor]:
+        """A batcher of tensors (N, ...) for `call` (N, ...) -> (N, ...), such as a backbone's embed:
+        the jobs' rows go through in one call on their concatenation, at most `max_rows` rows."""
+
+        def together(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+            return list(call(torch.cat(parts)).split([len(part) for part in parts]))
+
+        return cls(together, max_rows, max_wait)
 
     def start(self) -> None:
         self._thread.start()
@@ -58,15 +88,15 @@ class Batcher:
         self._queue.put(_STOP)
         self._thread.join()
 
-    def submit(self, faces: torch.Tensor) -> Future:
-        """A future of `call`'s results for `faces` (one or more), in their order."""
-        job = _Job(faces)
+    def submit(self, work: T) -> Future:
+        """A future of `call`'s result for `work`."""
+        job = _Job(work, self.size(work))
         self._queue.put(job)
         return job.future
 
-    async def run(self, faces: torch.Tensor) -> torch.Tensor:
+    async def run(self, work: T) -> R:
         """`submit`, awaited without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(faces))
+        return await asyncio.wrap_future(self.submit(work))
 
     def _work(self) -> None:
         while True:
@@ -81,31 +111,29 @@ class Batcher:
         self._held = None
         if first is _STOP:
             return None
-        batch, count = [first], len(first.faces)
+        batch, total = [first], first.size
         deadline = time.monotonic() + self.max_wait
-        while count < self.max_faces:
+        while total < self.limit and (self.max_jobs is None or len(batch) < self.max_jobs):
             remaining = deadline - time.monotonic()
             try:
                 job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is _STOP or count + len(job.faces) > self.max_faces:
+            if job is _STOP or total + job.size > self.limit:
                 self._held = job
                 break
             batch.append(job)
-            count += len(job.faces)
+            total += job.size
         return batch
 
     def _run(self, batch: list[_Job]) -> None:
         try:
-            results = self.call(torch.cat([job.faces for job in batch]))
+            results = self.call([job.work for job in batch])
         except Exception as error:  # every waiting request gets the failure; the worker goes on
             for job in batch:
                 job.future.set_exception(error)
             return
         finally:
             self.calls += 1
-        start = 0
-        for job in batch:
-            job.future.set_result(results[start : start + len(job.faces)])
-            start += len(job.faces)
+        for job, result in zip(batch, results, strict=True):
+            job.future.set_result(result)

@@ -7,9 +7,10 @@ whole new version built beside the old, fsync'd, switched to with one rename): a
 leaves the old state or the new one. An edit waits up to LOCK_WAIT seconds for another process's write (a `facerec index` run,
 another server) before answering 503. The server calls these functions from one thread only.
 
-An enrolled photo is kept as `uploads/<sha256>.<format>` in the gallery folder (for a gallery in a store
-elsewhere, in `.facerec/uploads` of the server's working directory), and that path is the entry's source: like the photos of an indexed folder, it lets `facerec gallery --repair` embed it again
-if the vectors are damaged, and a later re-index with other models find it. `facerec index DIR` leaves
+An enrolled photo is kept as `<sha256>.<format>` in the gallery's uploads folder (uploads_folder: the one
+`facerec serve --uploads DIR` names, else the store's own, else none and enrolling is refused), and that
+path is the entry's source: like the photos of an indexed folder, it lets `facerec gallery --repair` embed
+it again if the vectors are damaged, and a later re-index with other models find it. `facerec index DIR` leaves
 these entries alone (they are not in DIR). The version is written first and the photo after, both
 before the 201: a kill between them leaves an enrolled face whose photo is missing (repair cannot
 rebuild that one face), never a photo without its face or a folder `locked` refuses. Photos that no
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from facerec.contract.parts import GalleryState, Store
 
 UPLOADS = "uploads"
+STORED = re.compile(r"\.?[0-9a-f]{64}\.[a-z0-9]+(\.\w+\.tmp)?")  # a photo kept, or its temporary file
 LOCK_WAIT = 30.0  # seconds an edit waits for another process's write before answering 503
 LOCK_POLL = 0.05
 DELETED = "deleted through facerec serve"
@@ -73,11 +76,27 @@ class Enrolled:
         return {"identity": self.entry.identity, "face_id": self.entry.face_id, "box": list(self.entry.box)}
 
 
-def uploads_folder(store: Store) -> Path:
-    """Where enrolled photos are kept: inside a folder gallery, else in the working directory's
-    `.facerec` (a gallery in a database has no folder of its own)."""
+def uploads_folder(store: Store, chosen: Path | None = None) -> Path | None:
+    """Where enrolled photos are kept: `chosen` (`serve --uploads DIR`) when given; else the store's own
+    folder for them, `uploads/` inside a folder gallery or the store's `uploads` attribute (Milvus Lite
+    has one inside its database); None for a store with none (a database server): never the working
+    directory, which changes with how the server is started. Photos no entry names are deleted from it,
+    so it belongs to one gallery."""
+    if chosen is not None:
+        return Path(chosen).absolute()
+    own = getattr(store, "uploads", None)
+    if own is not None:
+        return Path(own)
     folder = getattr(store, "path", None)
-    return (Path(folder) if folder is not None else Path(".facerec")).absolute() / UPLOADS
+    return Path(folder).absolute() / UPLOADS if folder is not None else None
+
+
+def _uploads_needed(store: Store) -> ServiceError:
+    return ServiceError(
+        400,
+        f"{store.location}: this gallery has no folder for enrolled photos; start facerec serve with "
+        "--uploads DIR to enroll",
+    )
 
 
 def enroll(
@@ -88,11 +107,15 @@ def enroll(
     kind: str,
     face: Face,
     vector: torch.Tensor,
+    *,
+    uploads: Path | None = None,
 ) -> Enrolled:
     """Add `face` of the photo `data` (its `vector` embedded by the `made` models) under `identity`;
-    `kind` is the photo's format (JPEG, PNG, ...)."""
+    `kind` is the photo's format (JPEG, PNG, ...); the photo is kept in uploads_folder(store, uploads)."""
     sha256 = hashlib.sha256(data).hexdigest()
-    uploads = uploads_folder(store)
+    uploads = uploads_folder(store, uploads)
+    if uploads is None:
+        raise _uploads_needed(store)
     photo = uploads / f"{sha256}.{kind.lower()}"
     with _writing(store):
         snapshot = store.read()
@@ -134,13 +157,14 @@ def _add(
     return [*entries, entry]
 
 
-def delete(store: Store, identity: str, face: str | None = None) -> None:
-    """Delete face `face` of `identity`, or (None) every face of it; ServiceError 404 when not there."""
+def delete(store: Store, identity: str, face: str | None = None, *, uploads: Path | None = None) -> None:
+    """Delete face `face` of `identity`, or (None) every face of it; ServiceError 404 when not there.
+    Photos of uploads_folder(store, uploads) that no entry names any more are deleted."""
 
     def gone(entry: Entry) -> bool:
         return entry.identity == identity and face in (None, entry.face_id)
 
-    uploads = uploads_folder(store)
+    uploads = uploads_folder(store, uploads)
     with _writing(store):
         snapshot = store.read()
         if snapshot is None:
@@ -155,7 +179,7 @@ def delete(store: Store, identity: str, face: str | None = None) -> None:
 
 
 def _remove(
-    store: Store, uploads: Path, snapshot: GalleryState, gone: Callable[[Entry], bool]
+    store: Store, uploads: Path | None, snapshot: GalleryState, gone: Callable[[Entry], bool]
 ) -> list[Entry] | None:
     """Commit the state without the entries `gone` selects; its entries, or None if none was selected."""
     entries = snapshot.entries()
@@ -165,7 +189,7 @@ def _remove(
     remembered = [
         Skipped(entry.source, entry.sha256, DELETED)
         for entry in entries
-        if gone(entry) and not Path(entry.source).is_relative_to(uploads)
+        if gone(entry) and (uploads is None or not Path(entry.source).is_relative_to(uploads))
     ]
     skipped = [s for s in snapshot.skipped() if s.source not in {r.source for r in remembered}] + remembered
     store.commit(snapshot, replace(unchanged(snapshot), keep=kept, skipped=skipped))
@@ -219,12 +243,13 @@ def _keep_photo(photo: Path, data: bytes) -> None:
         os.close(folder)
 
 
-def _remove_unnamed_photos(uploads: Path, entries: list[Entry]) -> None:
-    """Delete the stored photos (and leftovers of killed writes) that no entry names any more."""
-    if not uploads.is_dir():
+def _remove_unnamed_photos(uploads: Path | None, entries: list[Entry]) -> None:
+    """Delete the stored photos (and leftovers of killed writes) that no entry names any more; files
+    not named as this module names them are left alone (--uploads may name a folder holding others)."""
+    if uploads is None or not uploads.is_dir():
         return
     named = {Path(entry.source).name for entry in entries}  # photos are named by content: no clash
     for child in uploads.iterdir():
-        if child.name not in named:
+        if child.name not in named and STORED.fullmatch(child.name):
             with contextlib.suppress(FileNotFoundError):
                 child.unlink()

@@ -99,6 +99,16 @@ class PixelBudget:
         """Hold room for the image `name` of `size` (width, height) while it is decoded and detected (a
         video: for `frames` frames of that size, as many as it keeps decoded at once); ServiceError 413
         when that is more than the whole budget, 503 when no room came in time."""
+        pixels = self.hold(name, size, frames)
+        try:
+            yield
+        finally:
+            self.release(pixels)
+
+    def hold(self, name: str, size: tuple[int, int], frames: int = 1) -> int:
+        """`reserve`'s room taken until `release` gives it back (from any thread: a photo's room is
+        taken on a CPU thread and given back once its faces are cut, after its detection in the
+        detector's batch); the pixels held."""
         width, height = size
         pixels = width * height * frames
         if pixels > self.limit:
@@ -118,12 +128,12 @@ class PixelBudget:
                     {"Retry-After": str(RETRY_AFTER_S)},
                 )
             self.in_flight += pixels
-        try:
-            yield
-        finally:
-            with self._room:
-                self.in_flight -= pixels
-                self._room.notify_all()
+        return pixels
+
+    def release(self, pixels: int) -> None:
+        with self._room:
+            self.in_flight -= pixels
+            self._room.notify_all()
 
 
 class BodyGuard:

@@ -1,13 +1,20 @@
-"""The models of one server process, loaded once, and the two stages every uploaded image goes through.
+"""The models of one server process, loaded once, and the stages every uploaded image goes through.
 
-Stage one runs in a small pool of CPU threads, off the event loop: the image's size is read from its
-header, room for its pixels is held in the server's pixel budget (facerec.service.limits.PixelBudget:
-a huge image is refused, or waits, before any pixel is decoded), and the upload is written to a private
-spool file and goes through the engine's own Pipeline without its backbone, exactly as `facerec detect`
-reads a file (facerec.pipeline.images.load_image with its guards against bombs and truncated files, the
-detector, the aligner); the aligned faces are standardized by the backbone's recipe. Stage two hands the
-faces to the dynamic batcher (facerec.service.batching), which embeds the faces of concurrent requests
-in one backbone call. The pool is as large as the machine has cores: more threads would only share them.
+Stage one decodes and detects. On a small pool of CPU threads, off the event loop, the image's size is
+read from its header, room for its pixels is held in the server's pixel budget
+(facerec.service.limits.PixelBudget: a huge image is refused, or waits, before any pixel is decoded),
+and the upload is written to a private spool file and decoded exactly as `facerec detect` reads a file
+(facerec.pipeline.images.load_image with its guards against bombs and truncated files). The image then
+goes to the detector's batcher (facerec.service.batching), which detects the images of concurrent
+requests in one `detect` call of the engine's own pipeline (facerec.pipeline.engine.Pipeline.find:
+the detector does whatever batching it can, MTCNN running its R-Net and O-Net over the candidates of
+all the images at once); back on a CPU thread, the faces are cut by the aligner and standardized by
+the backbone's recipe, and the room is given back. Stage two hands the faces to the backbone's
+batcher, which embeds the faces of concurrent requests in one backbone call. The pool is as large as
+the machine has cores: more threads would only share them.
+
+`--max-detect-batch 1` turns detection batching off: each image is then decoded, detected and cut in
+one go on its CPU thread, images side by side on the pool's threads.
 """
 
 from __future__ import annotations
@@ -18,16 +25,19 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from facerec import defaults
+from facerec.contract.faces import Face
 from facerec.gallery.provenance import Provenance
 from facerec.pipeline.engine import ImageResult, Pipeline
+from facerec.pipeline.images import ImageError, load_image
 from facerec.pipeline.standardize import standardize_pictures
 from facerec.service.batching import Batcher
 from facerec.service.errors import ServiceError
@@ -53,9 +63,21 @@ class Prepared:
     format: str  # PIL's name of the file's format (JPEG, PNG, ...)
 
 
+@dataclass
+class Decoded:
+    """An upload decoded, holding `held` pixels of the budget until its faces are cut."""
+
+    upload: Upload
+    image: Image.Image
+    format: str
+    held: int
+
+
 class Models:
     """The pipeline (detector, aligner, backbone) of the gallery's models, `made` their provenance;
-    `pixels` is the budget stage one holds room in while it decodes and detects."""
+    `pixels` is the budget stage one holds room in while it decodes and detects. Batching: at most
+    `max_faces` faces a backbone call and `max_images` images a detection call (1: each alone, on
+    the CPU threads), each batch waiting at most `max_wait` seconds for more once it has its first."""
 
     def __init__(
         self,
@@ -65,11 +87,13 @@ class Models:
         max_faces: int = 32,
         max_wait: float = 0.005,
         workers: int | None = None,
+        max_images: int = 16,
     ) -> None:
         self.pipeline = pipeline
         self.made = made
         self.detecting = replace(pipeline, backbone=None)
-        self.batcher = Batcher(pipeline.backbone.embed, max_faces, max_wait)
+        self.batcher = Batcher.of_tensors(pipeline.backbone.embed, max_faces, max_wait)
+        self.finder = detection_batcher(self.detecting, max_images, max_wait) if max_images > 1 else None
         self.workers = workers or os.cpu_count() or 1
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="facerec-cpu")
         self.videos = ThreadPoolExecutor(self.workers, thread_name_prefix="facerec-video")
@@ -79,13 +103,17 @@ class Models:
 
     def start(self) -> None:
         self.batcher.start()
+        if self.finder is not None:
+            self.finder.start()
 
     def stop(self) -> None:
         """Stop: videos still being read end at their next frame (`stopping`), the pools finish, then
-        the batcher, which the videos' last faces may still need."""
+        the batchers, which the videos' last frames and faces may still need."""
         self.stopping.set()
         self.executor.shutdown()
         self.videos.shutdown()
+        if self.finder is not None:
+            self.finder.stop()
         self.batcher.stop()
         shutil.rmtree(self.spool, ignore_errors=True)
 
@@ -100,7 +128,14 @@ class Models:
 
     async def detect(self, upload: Upload) -> Prepared:
         """Stage one for `upload`; ServiceError 415 for what is not an image, 400 for a bad image."""
-        return await self.on_cpu(self._prepare, upload)
+        if self.finder is None:
+            return await self.on_cpu(self._prepare, upload)
+        decoded = await self._decoded(upload)
+        try:
+            faces = await self.finder.run(decoded.image)
+            return await self.on_cpu(self._cut, decoded, faces)
+        finally:
+            self.pixels.release(decoded.held)
 
     async def embed(self, prepared: Prepared) -> ImageResult:
         """Stage two: the result of stage one with its faces' embeddings."""
@@ -109,23 +144,79 @@ class Models:
         prepared.result.embeddings = found
         return prepared.result
 
-    def _prepare(self, upload: Upload) -> Prepared:
-        kind, size = image_header(upload)
+    def find(self, images: Sequence[Image.Image]) -> list[list[Face]]:
+        """The faces of decoded images (video frames), from a worker thread: through the detector's
+        batcher, or with batching off on this thread."""
+        if self.finder is None:
+            return self.detecting.find(images)
+        waiting = [self.finder.submit(image) for image in images]
+        return [future.result() for future in waiting]
+
+    def decoded(self, upload: Upload) -> Image.Image:
+        """The upload's image, decoded as `facerec detect` reads a file (load_image's guards);
+        ServiceError 400 when it cannot be."""
         with tempfile.NamedTemporaryFile(dir=self.spool) as spooled:
             spooled.write(upload.data)
             spooled.flush()
-            with self.pixels.reserve(upload.name, size):
-                (result,) = self.detecting.run([spooled.name])
-        result.path = upload.name
-        if result.error is not None:
-            raise ServiceError(400, f"{upload.name}: {result.error}")
+            try:
+                return load_image(spooled.name)
+            except ImageError as error:
+                raise ServiceError(400, f"{upload.name}: {error.reason}") from None
+
+    async def _decoded(self, upload: Upload) -> Decoded:
+        """`_decode` on a CPU thread. A request cancelled meanwhile (the server stopping) gives the
+        room back when the decoding ends: nobody else would."""
+        decoding = self.executor.submit(self._decode, upload)
+        try:
+            return await asyncio.wrap_future(decoding)
+        except asyncio.CancelledError:
+            decoding.add_done_callback(self._release_decoded)
+            raise
+
+    def _release_decoded(self, decoding: Future) -> None:
+        if not decoding.cancelled() and decoding.exception() is None:
+            self.pixels.release(decoding.result().held)
+
+    def _decode(self, upload: Upload) -> Decoded:
+        kind, size = image_header(upload)
+        held = self.pixels.hold(upload.name, size)
+        try:
+            return Decoded(upload, self.decoded(upload), kind, held)
+        except BaseException:
+            self.pixels.release(held)
+            raise
+
+    def _cut(self, decoded: Decoded, faces: list[Face]) -> Prepared:
+        """The faces' input pictures, standardized for the backbone."""
+        crops = self.detecting.pictures(decoded.image, faces) if faces else []
+        result = ImageResult(decoded.upload.name, faces=faces, crops=crops)
         size = self.pipeline.recipe.size
-        faces = (
-            standardize_pictures(result.crops, self.pipeline.recipe)
-            if result.crops
-            else torch.empty(0, 3, size, size)
+        standardized = (
+            standardize_pictures(crops, self.pipeline.recipe) if crops else torch.empty(0, 3, size, size)
         )
-        return Prepared(result, faces, kind)
+        return Prepared(result, standardized, decoded.format)
+
+    def _prepare(self, upload: Upload) -> Prepared:
+        """Stage one on this thread (detection batching off)."""
+        decoded = self._decode(upload)
+        try:
+            (faces,) = self.detecting.find([decoded.image])
+            return self._cut(decoded, faces)
+        finally:
+            self.pixels.release(decoded.held)
+
+
+def detection_batcher(detecting: Pipeline, max_images: int, max_wait: float) -> Batcher:
+    """The detector's batcher: `detecting.find` on batches of at most `max_images` images, and at most
+    the detector's working size in pixels (the most it works on in one image, so a batch's memory stays
+    that of one large photo; each image counted at the size it is detected at, facerec.pipeline.engine.
+    detect_bounded)."""
+    limit = getattr(detecting.detector, "max_pixels", defaults.DETECTION_PIXELS) or defaults.DETECTION_PIXELS
+
+    def working_pixels(image: Image.Image) -> int:
+        return min(image.width * image.height, limit)
+
+    return Batcher(detecting.find, limit, max_wait, working_pixels, max_images, "facerec-detector")
 
 
 def warm_up(pipeline: Pipeline) -> None:

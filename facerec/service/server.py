@@ -16,7 +16,6 @@ import copy
 import logging
 import socket
 import sys
-from pathlib import Path
 from typing import Any
 
 from facerec.errors import UsageError
@@ -30,20 +29,26 @@ BACKLOG = 512
 
 
 def open_service(
-    settings: Settings, request: ModelRequest, max_faces: int, max_wait: float, workers: int | None
+    settings: Settings,
+    request: ModelRequest,
+    max_faces: int,
+    max_wait: float,
+    workers: int | None,
+    max_images: int = 16,
 ) -> Service:
     """The gallery's models (for a gallery not written yet, those `request` names), loaded once; the
     batching and CPU pool settings are facerec.service.models.Models's."""
-    snapshot = open_store(settings.gallery).read()
+    store = open_store(settings.gallery)  # its location names it in messages (a URI's password as ***)
+    snapshot = store.read()
     try:
         recorded = snapshot.provenance if snapshot else None
     finally:
         if snapshot is not None:
             snapshot.close()
-    pipeline, made = open_pipeline(recorded, request, settings.gallery)
+    pipeline, made = open_pipeline(recorded, request, store.location)
     warm_up(pipeline)
     pixels = PixelBudget(settings.max_pixels, settings.pixel_wait)
-    return Service(settings, Models(pipeline, made, pixels, max_faces, max_wait, workers))
+    return Service(settings, Models(pipeline, made, pixels, max_faces, max_wait, workers, max_images))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -81,7 +86,7 @@ def run(service: Service, listener: socket.socket) -> None:
     view = service.gallery.current()
     where = f"{view.version}, {view.face_count} faces" if view.version else "nothing enrolled yet"
     print(
-        f"facerec serve: {url_of(listener)} (gallery {Path(service.settings.gallery)}, {where})",
+        f"facerec serve: {url_of(listener)} (gallery {service.store.location}, {where})",
         file=sys.stderr,
         flush=True,
     )

@@ -28,7 +28,6 @@ import asyncio
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,15 +35,12 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from facerec.errors import FacerecError
-from facerec.pipeline.images import ImageError, load_image
 from facerec.service.auth import Keys, key_refusal
 from facerec.service.errors import ServiceError
 from facerec.service.models import Upload, image_header
 from facerec.video.source import Frame
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from facerec.service.models import Models
     from facerec.video.follow import Follower, Session
 
@@ -174,7 +170,7 @@ class Stream:
         try:
             _, size = image_header(upload)
             with self.models.pixels.reserve(upload.name, size):
-                frame = Frame(waiting.number, waiting.time, _decoded(self.models, upload))
+                frame = Frame(waiting.number, waiting.time, self.models.decoded(upload))
                 return [event.to_json() for event in self.session.take(frame)]
         except ServiceError as error:
             return [{"error": str(error)}]
@@ -190,17 +186,6 @@ class Stream:
                 await self.websocket.send_text(json.dumps(message))
         except WebSocketDisconnect:
             raise Gone from None
-
-
-def _decoded(models: Models, upload: Upload) -> Image.Image:
-    """The frame's image, decoded as a photo upload is (facerec.pipeline.images.load_image's guards)."""
-    with tempfile.NamedTemporaryFile(dir=models.spool) as spooled:
-        spooled.write(upload.data)
-        spooled.flush()
-        try:
-            return load_image(spooled.name)
-        except ImageError as error:
-            raise ServiceError(400, f"{upload.name}: {error.reason}") from None
 
 
 def _parsed(text: str) -> dict[str, Any]:

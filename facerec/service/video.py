@@ -3,10 +3,11 @@
 
 A Follower takes an Identifier (a pipeline, a head, thresholds). The server loads no second copy of its
 models for videos: `ServedIdentifier` is an Identifier built from what the server holds. Its pipeline is
-`BatchedPipeline`: detection and alignment are the server's own detecting pipeline, and the faces to
-embed go through the server's batcher, so the one backbone thread that embeds every photo also embeds
-the faces of videos (a video never competes with photos for the backbone's cores; its faces share
-batches with theirs). Its head is the gallery version the answer is given from.
+`BatchedPipeline`: frames go through the server's detector batcher and the faces to embed through its
+backbone batcher, so the threads that detect and embed every photo also detect and embed the frames
+of videos (a video never competes with photos for those cores; its frames and faces share batches
+with theirs); alignment is the server's own detecting pipeline. Its head is the gallery version the
+answer is given from.
 
 An uploaded clip is spooled to a private file and read whole, frame by frame, on a thread of the video
 pool (facerec.service.models.Models.on_video): a long clip holds that thread, never the CPU threads
@@ -46,14 +47,15 @@ VIDEO_FORMATS = "MP4, MOV, MKV, WebM, AVI, FLV, MPEG-TS or Ogg"
 
 
 class BatchedPipeline:
-    """The three calls a Follower makes of a Pipeline, on the server's models: `find` and `pictures`
-    by the detecting pipeline, `embed_pictures` through the batcher. Called from worker threads."""
+    """The three calls a Follower makes of a Pipeline, on the server's models: `find` through the
+    detector's batcher, `pictures` by the detecting pipeline, `embed_pictures` through the backbone's
+    batcher. Called from worker threads."""
 
     def __init__(self, models: Models) -> None:
         self.models = models
 
     def find(self, images: Sequence[Image.Image]) -> list[list[Face]]:
-        return self.models.detecting.find(images)
+        return self.models.find(images)
 
     def pictures(self, image: Image.Image, faces: Sequence[Face]) -> list[Image.Image]:
         return self.models.detecting.pictures(image, faces)

@@ -17,7 +17,9 @@ geometry/drectangle.h) step by step, because dlib's ResNet was trained on chips 
 
 Chips are cut one at a time, as dlib's `get_face_chip` and face_recognition's `face_encodings` do (given
 several chips at once, dlib crops one region around all of them, which moves the pyramid's grid). Scalar
-geometry uses Python's `math` (the C library's sin, cos and atan2, as dlib's), pixel work numpy.
+geometry uses Python's `math` (the C library's sin, cos and atan2, as dlib's), pixel work numpy: the
+crop is read where it lies in the photo, and worked on a band of rows at a time (arrays the size of a
+chip or a crop, allocated and freed for every step, cost more in page faults than in arithmetic).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ FIVE_POINT_TEMPLATE = np.array(
     ]
 )
 
+BAND_PIXELS = 2048  # chip pixels sampled at a time (see sample_bilinear)
+PYRAMID_PIXELS = 16384  # input pixels halved at a time (see pyramid_down)
 Rect = tuple[float, float, float, float]  # dlib's drectangle: left, top, right, bottom, all inclusive
 
 
@@ -88,7 +92,7 @@ def extract_chip(pixels: np.ndarray, chip: ChipDetails) -> np.ndarray:
     """dlib's extract_image_chip of one chip from an (H, W, 3) uint8 RGB array: (rows, cols, 3) uint8."""
     crop_box, level, rect = _source_of(chip, pixels.shape[0], pixels.shape[1])
     left, top, right, bottom = crop_box
-    source = np.ascontiguousarray(np.moveaxis(pixels[top : bottom + 1, left : right + 1], -1, 0))
+    source = pixels[top : bottom + 1, left : right + 1]  # a view: sampled in place, or halved
     for _ in range(level + 1):
         source = pyramid_down(source)
     corner, across, down = (_turned(rect, chip.angle, x, y) for x, y in ((0, 1), (2, 1), (0, 3)))
@@ -150,14 +154,27 @@ def _turned(rect: Rect, angle: float, x: int, y: int) -> tuple[float, float]:
     return cosine * dx - sine * dy + centre_x, sine * dx + cosine * dy + centre_y
 
 
-def pyramid_down(planes: np.ndarray) -> np.ndarray:
-    """One level of dlib's pyramid_down<2> on (3, H, W) uint8 colour planes; empty when H or W is 8 or
-    less. Sums of at most 16 x 16 x 255 fit 16 bits, so the integer filter runs in uint16."""
-    height, width = planes.shape[1:]
+def pyramid_down(pixels: np.ndarray) -> np.ndarray:
+    """One level of dlib's pyramid_down<2> on an (H, W, 3) uint8 image (any strides, such as a crop of
+    a larger one); empty when H or W is 8 or less. The result is an (h, w, 3) view of colour planes.
+
+    Sums of at most 16 x 16 x 255 fit 16 bits, so the integer filter runs in uint16, on colour planes
+    (on interleaved pixels numpy's loops would run three values long). Output rows are made a band at
+    a time, each from the input rows it reads: arrays over a whole large crop would be megabytes,
+    mapped fresh from the system (page faults) every time.
+    """
+    height, width = pixels.shape[:2]
     if height <= 8 or width <= 8:
-        return np.zeros((3, 0, 0), dtype=np.uint8)
-    across = _binomial_halving(planes, (width - 3) // 2, axis=2)
-    return (_binomial_halving(across, (height - 3) // 2, axis=1) >> 8).astype(np.uint8)
+        return np.zeros((0, 0, 3), dtype=np.uint8)
+    rows, cols = (height - 3) // 2, (width - 3) // 2
+    halved = np.empty((3, rows, cols), dtype=np.uint8)
+    band = max(8, PYRAMID_PIXELS // width)
+    for first in range(0, rows, band):
+        last = min(first + band, rows)
+        planes = np.ascontiguousarray(np.moveaxis(pixels[2 * first : 2 * last + 3], -1, 0))
+        across = _binomial_halving(planes, cols, axis=2)
+        halved[:, first:last] = _binomial_halving(across, last - first, axis=1) >> 8
+    return halved.transpose(1, 2, 0)
 
 
 def _binomial_halving(values: np.ndarray, count: int, axis: int) -> np.ndarray:
@@ -178,22 +195,77 @@ def _binomial_halving(values: np.ndarray, count: int, axis: int) -> np.ndarray:
     return total
 
 
-def sample_bilinear(planes: np.ndarray, to_source: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """dlib's transform_image with interpolate_bilinear: chip pixel (c, r) takes the (3, H, W) `planes`
-    at to_source @ (c, r, 1), interpolated in double precision and truncated; black outside them."""
-    height, width = planes.shape[1:]
+def sample_bilinear(pixels: np.ndarray, to_source: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """dlib's transform_image with interpolate_bilinear: chip pixel (c, r) takes the (H, W, 3) uint8
+    `pixels` at to_source @ (c, r, 1), interpolated in double precision and truncated; black where
+    the 2x2 neighbourhood leaves them.
+
+    dlib clamps to 0..255 before truncating; a weighted mean of values in 0..255 with weights in [0, 1]
+    is never negative and passes 255 by a rounding at most, which truncates to 255: no clamp is needed.
+
+    How, for speed: `pixels` may be a crop (a view into a larger image) and is read where it lies,
+    with `take` on one flat view of its memory (along an axis of a larger array, `take` copies the array
+    first). A band of chip rows (about BAND_PIXELS pixels) is sampled at a time, since arrays of
+    doubles over a whole chip are hundreds of kilobytes each and the allocator maps such blocks fresh
+    from the system every time, paying their page faults again (a chip cost more in faults than in
+    arithmetic). The three colours of a band lie side by side in one flat array, weights repeated for
+    each, since numpy runs an operation between arrays of one shape and type in a plain loop but
+    buffers one that broadcasts or mixes types.
+    """
+    height, width = pixels.shape[:2]
+    chip = np.zeros((3, rows, cols), dtype=np.uint8)
+    if height < 2 or width < 2:  # no 2x2 neighbourhood anywhere
+        return chip.transpose(1, 2, 0).copy()
+    flat = _flat_view(pixels)
+    down, across, colour = pixels.strides  # steps in `flat` to the next row, column, colour
     (m00, m01, b0), (m10, m11, b1) = to_source.tolist()
-    column, row = np.arange(cols, dtype=np.float64), np.arange(rows, dtype=np.float64)[:, None]
-    x = (m00 * column + m01 * row + b0).ravel()
-    y = (m10 * column + m11 * row + b1).ravel()
-    left, top = np.floor(x), np.floor(y)
-    inside = (left >= 0) & (top >= 0) & (left + 1 < width) & (top + 1 < height)
-    if not inside.any():
-        return np.zeros((rows, cols, 3), dtype=np.uint8)
-    corner = np.where(inside, top * width + left, 0).astype(np.intp)
-    flat = planes.reshape(3, -1)
-    across, down = x - left, y - top
-    upper = (1 - across) * flat[:, corner] + across * flat[:, corner + 1]
-    lower = (1 - across) * flat[:, corner + width] + across * flat[:, corner + width + 1]
-    values = np.where(inside, np.clip((1 - down) * upper + down * lower, 0, 255), 0)
-    return values.astype(np.uint8).T.reshape(rows, cols, 3)
+    column = np.arange(cols, dtype=np.float64)
+    across_columns, down_columns = m00 * column, m10 * column
+    band = max(1, BAND_PIXELS // cols)
+    for first in range(0, rows, band):
+        row = np.arange(first, min(first + band, rows), dtype=np.float64)[:, None]
+        x = (across_columns + m01 * row).ravel()  # (m00 c + m01 r) + b0, in dlib's order
+        x += b0
+        y = (down_columns + m11 * row).ravel()
+        y += b1
+        left, top = np.floor(x), np.floor(y)
+        x -= left  # now the weight of the right-hand column
+        y -= top  # and of the lower row
+        left, top = left.astype(np.intp), top.astype(np.intp)
+        inside = (left.view(np.uintp) < width - 1) & (top.view(np.uintp) < height - 1)
+        corner = top * down
+        corner += left * across
+        corner = np.where(inside, corner, 0)
+        corner = np.concatenate([corner, corner + colour, corner + 2 * colour])  # red, green, blue
+        right, lower = np.tile(x, 3), np.tile(y, 3)
+        values = _weighted_pair(flat, corner, 0, across, right)
+        values *= 1 - lower
+        below = _weighted_pair(flat, corner, down, down + across, right)
+        below *= lower
+        values += below
+        values = values.astype(np.uint8)
+        values *= np.tile(inside.view(np.uint8), 3)  # black outside
+        chip[:, first : first + len(row)] = values.reshape(3, len(row), cols)
+    return chip.transpose(1, 2, 0).copy()
+
+
+def _flat_view(pixels: np.ndarray) -> np.ndarray:
+    """A 1-D uint8 view of the memory an (H, W, 3) image spans, from its first pixel: pixel (r, c)
+    colour k is at r s0 + c s1 + k s2 for its strides s (copied first if a stride is negative)."""
+    if min(pixels.strides) < 0:
+        pixels = np.ascontiguousarray(pixels)
+    span = sum((size - 1) * stride for size, stride in zip(pixels.shape, pixels.strides, strict=True)) + 1
+    return np.lib.stride_tricks.as_strided(pixels, shape=(span,), strides=(1,), writeable=False)
+
+
+def _weighted_pair(
+    flat: np.ndarray, corner: np.ndarray, first: int, second: int, weight: np.ndarray
+) -> np.ndarray:
+    """(1 - w) a + w b, in that order, for the pixels a and b at `first` and `second` past `corner`,
+    each converted to doubles whole (arithmetic that mixes uint8 and doubles is buffered)."""
+    values = np.take(flat, corner + first).astype(np.float64)
+    values *= 1 - weight
+    other = np.take(flat, corner + second).astype(np.float64)
+    other *= weight
+    values += other
+    return values

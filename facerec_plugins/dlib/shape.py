@@ -23,18 +23,19 @@ import math
 import zipfile
 from array import array
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from facerec.plugin import FacerecError, cache_dir, write_atomically
-from facerec_plugins.dlib.chip import similarity_transform
 from facerec_plugins.dlib.serialization import EXPONENT_INF, DlibFormatError, DlibReader
 
 VERSION = 1
 CACHE_FORMAT = 1  # the layout of the cached arrays; a new layout gets a new file name
 # How far each byte moves a reader that is at a dlib integer's control byte: itself plus its low nibble.
 INTEGER_STEPS = bytes(1 + (byte & 0x0F) for byte in range(256))
+ROTATED = np.array([-1, 1], dtype=np.float32)  # (c, s) reversed and so signed is the matrix's second column
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,50 +82,121 @@ class ShapePredictor:
     def depth(self) -> int:
         return (self.leaves.shape[1] // self.trees).bit_length() - 1
 
+    @cached_property
+    def _turning(self) -> np.ndarray:
+        """(2P, 2) float64: a shape's (x0, y0, x1, ...) times this, divided by the mean shape's spread,
+        is s cos(a) and s sin(a) of the similarity transform from the mean shape to it (its matrix is
+        [[s cos(a), -s sin(a)], [s sin(a), s cos(a)]]). Umeyama's closed form in two dimensions, which
+        dlib's SVD of the covariance equals up to the last bits: with the mean shape centred, the
+        target's mean drops out of both sums."""
+        shape = self.initial_shape.astype(np.float64)
+        x, y = (shape - shape.mean(axis=0)).T
+        spread = (x * x + y * y).sum()
+        return np.stack([np.stack([x, y], 1).ravel(), np.stack([-y, x], 1).ravel()], 1) / spread
+
+    @cached_property
+    def _offsets(self) -> np.ndarray:
+        """(C, 2, K) float32: `deltas` with x and y apart, so that each runs along the feature pixels."""
+        return np.ascontiguousarray(self.deltas.transpose(0, 2, 1))
+
+    @cached_property
+    def _whole_thresholds(self) -> np.ndarray:
+        """(C, N * S) int16: for an integer difference d of grey levels, d > t exactly when d > floor(t),
+        so the node tests run on small integers (clipped past the reach of differences, -255 to 255)."""
+        return np.clip(np.floor(self.thresholds), -256, 256).astype(np.int16)
+
     def predict(self, pixels: np.ndarray, rects: np.ndarray) -> np.ndarray:
         """The points (F, P, 2), integer pixels as dlib rounds them, for F dlib rectangles (F, 4) of
-        (left, top, right, bottom), inclusive, in the (H, W, 3) uint8 RGB image `pixels`."""
+        (left, top, right, bottom), inclusive, in the (H, W, 3) uint8 RGB image `pixels`.
+
+        Each level is a few dozen numpy operations on all faces at once, laid out so that every one
+        runs along a long axis (feature pixels, trees) rather than a short one (x and y).
+        """
         rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
-        origin, extent = rects[:, None, :2], rects[:, None, 2:] - rects[:, None, :2]
+        corner, extent = rects[:, :2, None], (rects[:, 2:] - rects[:, :2])[:, :, None]
         shapes = np.repeat(self.initial_shape[None], len(rects), axis=0)
+        image = _Image(np.ascontiguousarray(pixels))
+        trees = _Trees(len(rects), self.trees, self.thresholds.shape[1])
         for level in range(len(self.anchors)):
-            intensities = self._intensities(pixels, origin, extent, shapes, level)
-            shapes = self._corrected(shapes, intensities, level)
-        return np.floor(extent * shapes + origin + 0.5).astype(np.int64)
+            intensities = image.grey(self._feature_pixels(corner, extent, shapes, level))
+            shapes = self._corrected(shapes, intensities, trees, level)
+        points = np.floor(extent * shapes.transpose(0, 2, 1) + corner + 0.5)
+        return points.transpose(0, 2, 1).astype(np.int64)
 
-    def _intensities(
-        self, pixels: np.ndarray, origin: np.ndarray, extent: np.ndarray, shapes: np.ndarray, level: int
+    def _feature_pixels(
+        self, corner: np.ndarray, extent: np.ndarray, shapes: np.ndarray, level: int
     ) -> np.ndarray:
-        """(F, K) grey levels at the level's feature pixels, placed on the current shapes."""
-        turn, _ = similarity_transform(self.initial_shape.astype(np.float64), shapes.astype(np.float64))
-        turn = turn.astype(np.float32)[:, None]
-        offsets = self.deltas[level][None, :, :, None]
+        """(F, 2, K) the level's feature pixels (x, then y) placed on the current shapes, in the image."""
+        turn = (shapes.reshape(len(shapes), -1).astype(np.float64) @ self._turning).astype(np.float32)
+        dx, dy = self._offsets[level]
         # dlib's float arithmetic: each coordinate m0 * dx + m1 * dy, plus the anchor point
-        placed = turn[..., 0] * offsets[..., 0, :] + turn[..., 1] * offsets[..., 1, :]
-        placed += shapes[:, self.anchors[level]]
-        x, y = np.moveaxis(np.floor(extent * placed + origin + 0.5).astype(np.intp), -1, 0)
-        height, width = pixels.shape[:2]
-        inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-        rgb = pixels.reshape(-1, 3)[np.where(inside, y * width + x, 0)]
-        return np.where(inside, rgb.sum(axis=-1, dtype=np.int16) // 3, 0)
+        placed = turn[:, :, None] * dx
+        placed += (turn[:, ::-1] * ROTATED)[:, :, None] * dy
+        placed += np.take(shapes.transpose(0, 2, 1), self.anchors[level], axis=2)
+        return np.floor(extent * placed + corner + 0.5).astype(np.intp)
 
-    def _corrected(self, shapes: np.ndarray, intensities: np.ndarray, level: int) -> np.ndarray:
+    def _corrected(
+        self, shapes: np.ndarray, intensities: np.ndarray, trees: _Trees, level: int
+    ) -> np.ndarray:
         """The shapes after every tree of the level has added the correction at the leaf it reaches."""
-        faces, trees = len(shapes), self.trees
-        nodes = self.thresholds.shape[1]
-        splits_per_tree = nodes // trees
-        first, second = self.splits[level]
-        # every node's test at once (a few thousand comparisons), then only the paths are walked
-        goes_left = (intensities[:, first] - intensities[:, second] > self.thresholds[level]).ravel()
-        root = np.arange(trees) * splits_per_tree + np.arange(faces)[:, None] * nodes
-        node = np.zeros((faces, trees), dtype=np.intp)
-        for _ in range(self.depth):
-            node = 2 * node + 2 - goes_left[root + node]
-        leaf = np.arange(trees) * (splits_per_tree + 1) + node - splits_per_tree
-        flat = shapes.reshape(faces, 1, -1)
-        # dlib adds the trees' corrections one after the other in single precision: so does cumsum
-        total = np.cumsum(np.concatenate([flat, self.leaves[level][leaf]], axis=1), axis=1)[:, -1]
-        return total.reshape(shapes.shape)
+        pairs = np.take(intensities, self.splits[level], axis=1)
+        goes_left = pairs[:, 0] - pairs[:, 1] > self._whole_thresholds[level]
+        leaves = trees.leaves(goes_left, self.depth)
+        # dlib adds the trees' corrections one after the other in single precision. numpy's sum along
+        # an axis that is not the fastest in memory adds the rows in order, as dlib does (along the
+        # fastest it would sum pairwise): the trees go along the first axis.
+        terms = np.empty((1 + self.trees, len(shapes), shapes[0].size), dtype=np.float32)
+        terms[0] = shapes.reshape(len(shapes), -1)
+        np.take(self.leaves[level], leaves.T, axis=0, out=terms[1:], mode="clip")  # all in range
+        return np.add.reduce(terms, axis=0).reshape(shapes.shape)
+
+
+class _Image:
+    """An (H, W, 3) uint8 RGB image read at feature pixels."""
+
+    def __init__(self, pixels: np.ndarray) -> None:
+        self.rgb = pixels.reshape(-1, 3)
+        self.width = pixels.shape[1]
+        self.bounds = np.array([[pixels.shape[1]], [pixels.shape[0]]], dtype=np.uintp)
+
+    def grey(self, points: np.ndarray) -> np.ndarray:
+        """(F, K) int16: dlib's grey level (r + g + b) // 3 at integer points (F, 2: x and y, K); 0 at
+        points outside the image, as dlib reads them."""
+        inside = points.view(np.uintp) < self.bounds  # a negative coordinate wraps past any bound
+        inside = inside[:, 0] & inside[:, 1]
+        index = points[:, 1] * self.width
+        index += points[:, 0]
+        rgb = np.take(self.rgb, np.where(inside, index, 0), axis=0)
+        grey = (rgb[..., 0].astype(np.int16) + rgb[..., 1] + rgb[..., 2]) // 3
+        return np.where(inside, grey, np.int16(0))
+
+
+class _Trees:
+    """The trees of a level walked by F faces at once.
+
+    A tree's S nodes are stored breadth first: from node i a face goes to node 2i + 1 (left) or 2i + 2,
+    and past node S - 1 it is at a leaf. All node tests of a level are one flat array (F x N trees x S),
+    so where each node leads is one subtraction for all of them (`following`), and a walk down is one
+    gather per depth, of one position per face and tree.
+    """
+
+    def __init__(self, faces: int, trees: int, nodes: int) -> None:
+        splits = nodes // trees
+        tree = np.arange(trees)
+        self.roots = (tree * splits + np.arange(faces)[:, None] * nodes).ravel()
+        # the position of node 2i + 2 of the tree that node i (at position root + i) belongs to
+        self.right = (self.roots.reshape(faces, trees, 1) + 2 * np.arange(splits) + 2).ravel()
+        # a position root + i past the nodes (i >= S) is leaf i - S of that tree among the level's leaves
+        self.to_leaf = (np.tile(tree * (splits + 1) - splits, faces) - self.roots).reshape(faces, trees)
+
+    def leaves(self, goes_left: np.ndarray, depth: int) -> np.ndarray:
+        """(F, N) the leaf (among all the level's) each face reaches in each tree, for the node tests
+        `goes_left` (F, N x S)."""
+        following = self.right - goes_left.ravel()
+        position = self.roots
+        for _ in range(depth):
+            position = np.take(following, position)
+        return position.reshape(self.to_leaf.shape) + self.to_leaf
 
 
 def _power_of_two(value: int) -> bool:

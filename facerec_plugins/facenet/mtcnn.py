@@ -10,7 +10,8 @@ What differs is how the work is done. Area resampling, for the pyramid levels as
 crops, is read from one summed-area table of the image: each output pixel is the exact integer sum of
 its window divided by the window's size, which is what `interpolate(mode="area")` computes, but a
 thousand crops cost a few gathers instead of a thousand resize calls. The networks run channels-last,
-R-Net and O-Net on all of an image's candidates in one call. Non-maximum suppression is plain torch,
+R-Net and O-Net on the candidates of all the images detected together (a group of images within the
+detector's working size), in calls of a fixed number of crops. Non-maximum suppression is plain torch,
 so that a detection does not pay for importing torchvision.
 """
 
@@ -60,6 +61,8 @@ CUMSUM_ROWS = 64  # rows cumulated at a time: one cumsum down a whole image thra
 PNET_BAND_ROWS = 128  # P-Net output rows computed at a time (see _in_bands)
 RNET_SIZE = 24
 ONET_SIZE = 48
+RNET_CHUNK = 64  # R-Net crops per call (see _outputs); a small crop, a call of overhead
+ONET_CHUNK = 16  # O-Net crops per call: fewer candidates reach it, each eight times R-Net's work
 PYRAMID_NMS = 0.5  # within one pyramid level
 CASCADE_NMS = 0.7  # across levels, after R-Net, and ("Min" overlap) after O-Net
 NMS_BLOCK = 512  # boxes compared at a time; bounds the overlap matrices at BLOCK x (kept + BLOCK)
@@ -414,26 +417,35 @@ class MTCNN:
     def detect(self, images: Sequence[Image.Image]) -> list[list[Face]]:
         """The faces of each RGB image, largest first. Boxes may reach past the image's edges.
 
-        Images go through the cascade one at a time, each stage's candidates in one batch: memory stays
-        at one image's pyramid level, not a batch's.
+        Images go through the cascade a group at a time, groups of at most `max_pixels` pixels (one
+        image at least): P-Net runs on each image's pyramid in turn, then R-Net on the candidates of
+        every image of the group at once, and O-Net likewise. Memory stays near one large image's (the
+        group's summed-area tables, one pyramid level), and an image's faces are the same whether it
+        is detected alone or with others (see _outputs).
         """
         if not images:
             return []
-        pnet, rnet, onet = self.nets
+        nets = self.nets
+        found: list[list[Face]] = []
         with torch.inference_mode():
-            return [self._detect_one(pnet, rnet, onet, image) for image in images]
+            for group in _groups(images, self.max_pixels):
+                found += self._detect_group(nets, group)
+        return found
 
-    def _detect_one(self, pnet: PNet, rnet: RNet, onet: ONet, image: Image.Image) -> list[Face]:
-        table = SummedAreaTable(image, self.device)
-        boxes = self._propose(pnet, table)
-        boxes = self._refine(rnet, table, boxes)
-        boxes, landmarks = self._finish(onet, table, boxes)
-        return largest_first(
-            [
-                Face(box=tuple(box[:4]), score=box[4], landmarks=tuple(map(tuple, points)))
-                for box, points in zip(boxes.cpu().tolist(), landmarks.cpu().tolist(), strict=True)
-            ]
-        )
+    def _detect_group(self, nets: tuple[PNet, RNet, ONet], images: Sequence[Image.Image]) -> list[list[Face]]:
+        pnet, rnet, onet = nets
+        tables = [SummedAreaTable(image, self.device) for image in images]
+        boxes = [self._propose(pnet, table) for table in tables]
+        boxes = self._refine(rnet, tables, boxes)
+        return [
+            largest_first(
+                [
+                    Face(box=tuple(box[:4]), score=box[4], landmarks=tuple(map(tuple, points)))
+                    for box, points in zip(found.cpu().tolist(), landmarks.cpu().tolist(), strict=True)
+                ]
+            )
+            for found, landmarks in self._finish(onet, tables, boxes)
+        ]
 
     def _propose(self, pnet: PNet, table: SummedAreaTable) -> torch.Tensor:
         """Stage one: P-Net over the pyramid, suppression per level then across levels, regression."""
@@ -450,31 +462,70 @@ class MTCNN:
         corners = boxes[:, :4] + boxes[:, 5:9] * torch.stack([width, height, width, height], 1)
         return rerec(torch.cat([corners, boxes[:, 4:5]], 1))
 
-    def _refine(self, rnet: RNet, table: SummedAreaTable, boxes: torch.Tensor) -> torch.Tensor:
-        """Stage two: R-Net on all candidates at once; threshold, suppression, regression."""
-        boxes, crops = _crops(table, boxes, RNET_SIZE)
-        offsets, probs = rnet(crops)
-        passed = probs > self.thresholds[1]
-        boxes = torch.cat([boxes[passed, :4], probs[passed, None]], 1)
-        keep = batched_nms(boxes, CASCADE_NMS)
-        return rerec(bbreg(boxes[keep], offsets[passed][keep]))
+    def _refine(
+        self, rnet: RNet, tables: Sequence[SummedAreaTable], candidates: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Stage two: R-Net on the candidates of every image at once; then, image by image, threshold,
+        suppression, regression."""
+        usable, crops = zip(*map(_crops, tables, candidates, [RNET_SIZE] * len(tables)), strict=True)
+        refined = []
+        for boxes, (offsets, probs) in zip(usable, _outputs(rnet, crops, RNET_CHUNK), strict=True):
+            passed = probs > self.thresholds[1]
+            boxes = torch.cat([boxes[passed, :4], probs[passed, None]], 1)
+            keep = batched_nms(boxes, CASCADE_NMS)
+            refined.append(rerec(bbreg(boxes[keep], offsets[passed][keep])))
+        return refined
 
     def _finish(
-        self, onet: ONet, table: SummedAreaTable, boxes: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage three: O-Net scores and landmarks, regression, then "Min" suppression."""
-        boxes, crops = _crops(table, boxes, ONET_SIZE)
-        offsets, points, probs = onet(crops)
-        passed = probs > self.thresholds[2]
-        boxes = torch.cat([boxes[passed, :4], probs[passed, None]], 1)
-        width = boxes[:, 2] - boxes[:, 0] + 1
-        height = boxes[:, 3] - boxes[:, 1] + 1
-        points = points[passed]
-        xs = width[:, None] * points[:, :5] + boxes[:, 0:1] - 1
-        ys = height[:, None] * points[:, 5:] + boxes[:, 1:2] - 1
-        boxes = bbreg(boxes, offsets[passed])
-        keep = nms(boxes, CASCADE_NMS, min_overlap, numpy_ranking)
-        return boxes[keep], torch.stack([xs, ys], 2)[keep]
+        self, onet: ONet, tables: Sequence[SummedAreaTable], candidates: Sequence[torch.Tensor]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Stage three: O-Net scores and landmarks for the candidates of every image at once; then,
+        image by image, regression and "Min" suppression: each image's boxes and landmarks."""
+        usable, crops = zip(*map(_crops, tables, candidates, [ONET_SIZE] * len(tables)), strict=True)
+        finished = []
+        for boxes, (offsets, points, probs) in zip(usable, _outputs(onet, crops, ONET_CHUNK), strict=True):
+            passed = probs > self.thresholds[2]
+            boxes = torch.cat([boxes[passed, :4], probs[passed, None]], 1)
+            width = boxes[:, 2] - boxes[:, 0] + 1
+            height = boxes[:, 3] - boxes[:, 1] + 1
+            points = points[passed]
+            xs = width[:, None] * points[:, :5] + boxes[:, 0:1] - 1
+            ys = height[:, None] * points[:, 5:] + boxes[:, 1:2] - 1
+            boxes = bbreg(boxes, offsets[passed])
+            keep = nms(boxes, CASCADE_NMS, min_overlap, numpy_ranking)
+            finished.append((boxes[keep], torch.stack([xs, ys], 2)[keep]))
+        return finished
+
+
+def _groups(images: Sequence[Image.Image], max_pixels: int) -> list[Sequence[Image.Image]]:
+    """Consecutive runs of `images` of at most `max_pixels` pixels in all (one image at least)."""
+    groups: list[Sequence[Image.Image]] = []
+    start, pixels = 0, 0
+    for index, image in enumerate(images):
+        size = image.width * image.height
+        if index > start and pixels + size > max_pixels:
+            groups.append(images[start:index])
+            start, pixels = index, 0
+        pixels += size
+    groups.append(images[start:])
+    return groups
+
+
+def _outputs(net: nn.Module, crops: Sequence[torch.Tensor], chunk: int) -> list[tuple[torch.Tensor, ...]]:
+    """`net`'s outputs for each image's crops (N_i, 3, S, S), all images' crops run together.
+
+    They run in calls of exactly `chunk` crops, the last one padded with zeros: torch's CPU kernels
+    split a batch among threads, and pick their inner loops, by its size, which moves the last bits
+    of a crop's results from one batch size to another; at one size, a crop's results are the same
+    wherever it sits in the batch, so an image's faces do not depend on the images detected with it.
+    """
+    counts = [len(part) for part in crops]
+    together = torch.cat(crops)
+    padding = together.new_zeros(-len(together) % chunk, *together.shape[1:])
+    together = torch.cat([together, padding]).contiguous(memory_format=torch.channels_last)
+    calls = [net(part) for part in together.split(chunk)]  # one empty part when there are no crops
+    outputs = [torch.cat(parts)[: sum(counts)] for parts in zip(*calls, strict=True)]
+    return list(zip(*(output.split(counts) for output in outputs), strict=True))
 
 
 def _in_bands(

@@ -2,7 +2,9 @@
 
 `--gallery milvus:PATH.db` is Milvus Lite, embedded in this process (the "file" is a folder Lite
 manages; a relative PATH is relative to the working directory); `--gallery milvus:http://HOST:PORT` is a
-Milvus server or cluster, through the same code. Either takes `#COLLECTION` (default `facerec`).
+Milvus server or cluster, through the same code (`http://USER:PASSWORD@HOST:PORT` for a server with
+authentication; messages show the password as `***`). Either takes `?index=TYPE` (the vector index of a
+new gallery, see Search) and `#COLLECTION` (default `facerec`), in that order.
 
 Layout. Collection COLLECTION holds one row per enrolled face: `id` (INT64 primary key, given by
 facerec in enrollment order, so ascending ids are the row order), `vector`, the Entry fields, and two
@@ -10,21 +12,35 @@ INT64 fields that make commits atomic for readers: `generation` (the commit that
 `retired` (the commit that removed it; 0 while live). COLLECTION_meta (VARCHAR key, VARCHAR JSON value,
 a dummy 2-d vector because Milvus wants one) holds the record `state` (the committed generation G,
 provenance, counts, index settings), skipped images as `skipped/G/<hash of source>` rows with the same
-generation fields, and, for a server, the writer's `lease`.
+generation fields, and, for a server, the writer's `lease`. `facerec serve` keeps the photos it enrolls in
+PATH.db/facerec-uploads/COLLECTION for Lite (`uploads`); a server has no folder, so serve takes --uploads.
 
 Commits. A reader of generation G sees the rows with `generation <= G and (retired == 0 or retired > G)`
 (search and query alike). A commit writes generation G+1 beside G: inserts the added rows (generation
 G+1), marks removed ones retired = G+1, writes skipped rows likewise, then makes G+1 current with ONE
 upsert of `state`; only then are rows retired <= G+1 deleted. A writer killed before that upsert leaves
 readers on G, and the next writer's `recover` deletes rows of generations > G and revives rows retired
-after G. Every call uses Strong consistency, so what one call wrote the next one reads.
+after G. Every call uses Strong consistency, so what one call wrote the next one reads, but searches of
+a generation committed more than SETTLED_S ago: a Strong call waits for the server's next time tick
+(about 200 ms on a Milvus 2.3 server), and a search that waits runs 20 times slower than one with
+Bounded consistency, which sees every write older than the server's graceful time (5 s by default). The
+age is the reader's clock against the writer's, so SETTLED_S leaves room for clocks 25 s apart.
 
 Search. L2 on unit vectors (Milvus answers squared distances; facerec reports their square root), as
 the `faiss` head's flat search: up to k distinct identities nearest first. A search asks for 4k rows;
 when they hold fewer than k identities it asks again for the nearest rows of the identities not found
 yet (those are all farther than the first rows), widening up to Milvus's limit of 16384 a call. The
-index is HNSW (M 32, efConstruction 200; ef at search max(64, limit)) on a server and on Milvus Lite
-alike: Lite 3 honours HNSW, IVF_FLAT and FLAT through FAISS, segment by segment.
+vector index is chosen when the collection is made, by `?index=` (INDEXES), and recorded in `state`:
+- HNSW (the default): M 32, efConstruction 200, ef at search max(64, limit); float32 vectors in a graph;
+- HNSW_SQ: the same graph over 8-bit scalar-quantized vectors (a quarter of the memory; Milvus 2.5 and
+  later, and Milvus Lite; Milvus 2.3 and 2.4 servers refuse it in one line);
+- IVF_SQ8: 1024 k-means cells per segment of 8-bit vectors, NPROBE of them searched;
+- FLAT: an exact scan, for small galleries.
+Quantized indexes may answer distances computed on the quantized vectors (IVF_SQ8 on face-like 512-d
+vectors, measured: 0.0002 off typically, 0.003 at most; only a face that near the threshold can be decided
+otherwise). A writer refuses an `?index=` other than the gallery's own (a new #COLLECTION takes another
+index). Milvus builds an index per sealed segment; Lite 3 does it through FAISS, a server through
+knowhere; segments too small to index (a server's below 1024 rows) are scanned exactly.
 
 One writer at a time. For Milvus Lite an flock on `PATH.db.lock` beside the database, which dies with
 its process (the file stays: removing it would let a waiting writer lock an unlinked file). Lite itself
@@ -36,6 +52,7 @@ server, a lease record in the meta collection (see `_Lease`): it is not a consen
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import functools
 import hashlib
@@ -46,11 +63,12 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -64,23 +82,35 @@ from facerec.plugin import (
     UsageError,
     hookimpl,
     now,
+    without_password,
 )
 
 DEFAULT_COLLECTION = "facerec"
 FORMAT = 1
 STATE, LEASE, SKIPPED = "state", "lease", "skipped/"
+UPLOADS = "facerec-uploads"
 BATCH = 1000  # rows a call: 1000 x 512 floats is 2 MB, far under gRPC's 64 MB message limit
 MAX_LIMIT = 16384  # Milvus's cap on a search's limit
 MIN_EF = 64
 LITE_SCAN_VALUES = 2**26  # float32 values of (queries x rows x dim) one Milvus Lite search may scan: 256 MB
-INDEX = {"index_type": "HNSW", "metric_type": "L2", "params": {"M": 32, "efConstruction": 200}}
+INDEXES = {  # `?index=`: the index types a gallery may choose, with facerec's build settings
+    "HNSW": {"M": 32, "efConstruction": 200},
+    "HNSW_SQ": {"M": 32, "efConstruction": 200, "sq_type": "SQ8"},
+    "IVF_SQ8": {"nlist": 1024},
+    "FLAT": {},
+}
+DEFAULT_INDEX = "HNSW"
+NPROBE = 32  # IVF cells searched of 1024
 CONNECT_TIMEOUT_S = 10.0
 LEASE_S = 60.0  # a lease not renewed for this long is another writer's to take
+SETTLED_S = 30.0  # a generation this old is searched with Bounded consistency (see the module docstring)
 LEASE_SETTLE_S = 0.3  # how long a writer waits before re-reading its lease, to see a racing writer's
 VARCHAR_MAX = 65535
 COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,250}")
 ENTRY_FIELDS = ["id", "identity", "source", "sha256", "box", "enrolled_at"]
-USAGE = "expected milvus:PATH.db or milvus:http://HOST:PORT, each with an optional #COLLECTION"
+USAGE = (
+    "expected milvus:PATH.db or milvus:http://HOST:PORT, each with an optional ?index=TYPE and #COLLECTION"
+)
 
 
 def _pymilvus():
@@ -115,23 +145,66 @@ def _milvus_errors(method):
     return wrapper
 
 
-def parse(rest: str) -> tuple[str, str, Path | None]:
-    """`--gallery milvus:REST` as (URI for pymilvus, collection, Lite database path or None)."""
+class Target(NamedTuple):
+    """What `--gallery milvus:REST` names."""
+
+    uri: str  # for pymilvus
+    collection: str
+    lite: Path | None  # the Milvus Lite database, None for a server
+    index: str | None  # the `?index=` asked for, None when not given
+
+
+def parse(rest: str) -> Target:
+    """`--gallery milvus:REST` as a Target; UsageError (or FacerecError for a missing folder) naming it."""
+    shown = f"--gallery milvus:{without_password(rest)}"
     uri, _, collection = rest.partition("#")
     collection = collection or DEFAULT_COLLECTION
     if not COLLECTION_NAME.fullmatch(collection):
         raise UsageError(
-            f"--gallery milvus:{rest}: collection '{collection}' must be letters, digits and _, "
-            "not starting with a digit"
+            f"{shown}: collection '{collection}' must be letters, digits and _, not starting with a digit"
         )
+    uri, _, query = uri.partition("?")
+    index = _index_option(query, shown)
     if re.match(r"https?://[^/\s]+", uri):
-        return uri, collection, None
+        return Target(uri, collection, None, index)
     if uri.endswith(".db") and "://" not in uri and len(uri) > 3:
         path = Path(os.path.abspath(uri))
         if not path.parent.is_dir():  # as SQLite does: a database file is made, its folder is not
-            raise FacerecError(f"--gallery milvus:{rest}: the folder {path.parent} does not exist")
-        return str(path), collection, path
-    raise UsageError(f"--gallery milvus:{rest}: {USAGE}")
+            raise FacerecError(f"{shown}: the folder {path.parent} does not exist")
+        return Target(str(path), collection, path, index)
+    raise UsageError(f"{shown}: {USAGE}")
+
+
+def _index_option(query: str, shown: str) -> str | None:
+    """The `?index=TYPE` of a location (TYPE in any case), None without one."""
+    if not query:
+        return None
+    try:
+        options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True))
+    except ValueError:
+        raise UsageError(f"{shown}: ?{query}: expected ?index=TYPE") from None
+    unknown = sorted(set(options) - {"index"})
+    if unknown:
+        raise UsageError(f"{shown}: unknown option '{unknown[0]}' (the one option is ?index=TYPE)")
+    index = options["index"].upper()
+    if index not in INDEXES:
+        raise UsageError(f"{shown}: ?index={options['index']}: expected one of {', '.join(INDEXES)}")
+    return index
+
+
+def index_record(kind: str) -> dict:
+    """The index of type `kind` as recorded in `state` and given to Milvus."""
+    return {"index_type": kind, "metric_type": "L2", "params": dict(INDEXES[kind])}
+
+
+def search_params(index: dict, limit: int) -> dict:
+    """The search settings of `index` for a search of `limit` rows."""
+    kind = index["index_type"]
+    if kind.startswith("HNSW"):
+        return {"ef": max(MIN_EF, limit)}
+    if kind.startswith("IVF"):
+        return {"nprobe": NPROBE}
+    return {}
 
 
 def visible(generation: int) -> str:
@@ -150,10 +223,16 @@ class MilvusStore:
     fits_heads = False
 
     def __init__(self, location: str) -> None:
-        self.location = f"milvus:{location}"
-        self.uri, self.collection, self.lite = parse(location)
+        self.location = f"milvus:{without_password(location)}"
+        self.uri, self.collection, self.lite, self.index = parse(location)
         self.meta = f"{self.collection}_meta"
         self._client = None
+
+    @property
+    def uploads(self) -> Path | None:
+        """Where `facerec serve` keeps the photos it enrolls (facerec.service.edits): inside a Lite
+        database, a folder per collection (Lite reads only its own entries there); a server has none."""
+        return self.lite / UPLOADS / self.collection if self.lite is not None else None
 
     @property
     def client(self):
@@ -171,8 +250,8 @@ class MilvusStore:
                     f"{self.location}: another process has this Milvus Lite database open (Lite serves "
                     "one process at a time; use a Milvus server to read while another writes)"
                 ) from None
-            message = (getattr(error, "message", None) or str(error)).splitlines()[0]
-            raise FacerecError(f"{self.location}: cannot open Milvus: {message}") from None
+            message = _refusal(error) or (getattr(error, "message", None) or str(error)).splitlines()[0]
+            raise FacerecError(f"{self.location}: cannot open Milvus: {without_password(message)}") from None
 
     def _exists(self) -> bool:
         """Whether a gallery may be here; a Lite database not made yet is not created by a reader."""
@@ -203,11 +282,22 @@ class MilvusStore:
         if not self._exists():
             return None, None
         record = self._state_record()
+        if record is not None:
+            self._check_index(record)
         generation = record["generation"] if record else 0
         for name, key in ((self.collection, "id"), (self.meta, "key")):
             if self.client.has_collection(name):
                 self._clean(name, key, generation)
         return (None if record is None else MilvusState(self, record)), None
+
+    def _check_index(self, record: dict) -> None:
+        """Refuse an `?index=` other than the gallery's (before a writer embeds anything)."""
+        kind = record.get("index", index_record(DEFAULT_INDEX))["index_type"]
+        if self.index is not None and self.index != kind:
+            raise FacerecError(
+                f"{self.location}: this gallery has a {kind} index; ?index={self.index} is for a new "
+                "gallery (another #COLLECTION)"
+            )
 
     def _clean(self, name: str, key: str, generation: int) -> None:
         client = self.client
@@ -226,7 +316,8 @@ class MilvusStore:
                 f"{self.location}: the gallery changed under this write (generation {committed}); run again"
             )
         width = change.provenance.embedding_size
-        self._prepare(width)
+        index = record.get("index", index_record(DEFAULT_INDEX)) if record else self._new_index()
+        self._prepare(width, index)
         generation = committed + 1
         removed = change.removed(len(base)) if base else []
         self._retire(self.collection, "id", [base.ids()[row] for row in removed], generation)
@@ -242,7 +333,7 @@ class MilvusStore:
                 "written_at": now(),
                 "faces": (len(base) if base else 0) - len(removed) + len(change.added),
                 "next_id": next_id + len(change.added),
-                "index": INDEX,
+                "index": index,
                 "people": change.people if change.people is not None else (base.people() if base else None),
             },
         )
@@ -253,7 +344,10 @@ class MilvusStore:
         self.client.flush(self.collection)
         return version_name(generation)
 
-    def _prepare(self, width: int) -> None:
+    def _new_index(self) -> dict:
+        return index_record(self.index or DEFAULT_INDEX)
+
+    def _prepare(self, width: int, index: dict) -> None:
         """Make the collections when missing; refuse a face collection of another dimension."""
         self._make_meta()
         client = self.client
@@ -261,7 +355,7 @@ class MilvusStore:
             client.create_collection(
                 self.collection,
                 schema=self._face_schema(width),
-                index_params=self._index_params("vector", INDEX),
+                index_params=self._index_params("vector", index),
                 consistency_level="Strong",
             )
             return
@@ -275,9 +369,9 @@ class MilvusStore:
     def _make_meta(self) -> None:
         client = self.client
         if client.has_collection(self.meta):
-            client.load_collection(self.meta)
+            self._load(self.meta)
             if client.has_collection(self.collection):
-                client.load_collection(self.collection)
+                self._load(self.collection)
             return
         pymilvus = _pymilvus()
         schema = client.create_schema(auto_id=False)
@@ -375,15 +469,22 @@ class MilvusStore:
         of a newer format, is refused."""
         if not self._exists():
             return None
-        self.client.load_collection(self.meta)
+        self._load(self.meta)
         record = self._get(STATE)
         if record is not None and record.get("format") != FORMAT:
             raise FacerecError(
                 f"{self.location}: gallery format {record.get('format')!r}, this facerec reads {FORMAT}"
             )
         if record is not None and self.client.has_collection(self.collection):
-            self.client.load_collection(self.collection)
+            self._load(self.collection)
         return record
+
+    def _load(self, name: str) -> None:
+        """Load collection `name` into memory unless it is (a load call waits in 0.3 s steps even then)."""
+        from pymilvus.client.types import LoadState
+
+        if self.client.get_load_state(name)["state"] != LoadState.Loaded:
+            self.client.load_collection(name)
 
     def _rows(self, name: str, condition: str, fields: list[str]) -> list[dict]:
         """Every row of `name` matching `condition` (an iterator: a query's limit is 16384)."""
@@ -408,7 +509,7 @@ class MilvusState:
         self.generation = int(record["generation"])
         self.version = version_name(self.generation)
         self.provenance = Provenance.from_record(record["provenance"])
-        self.head_options = record.get("index", INDEX)
+        self.head_options = record.get("index", index_record(DEFAULT_INDEX))
         self.written_at = record.get("written_at")
         self._count = int(record["faces"])
         self._people = record.get("people")
@@ -478,7 +579,9 @@ class MilvusState:
         return matrix.reshape(len(ids), width)
 
     def load_head(self) -> MilvusSearch:
-        return MilvusSearch(self.store, self.generation, self._count * self.provenance.embedding_size)
+        values = self._count * self.provenance.embedding_size
+        settled = _age_s(self.written_at) > SETTLED_S
+        return MilvusSearch(self.store, self.generation, values, self.head_options, settled)
 
     def close(self) -> None:
         """Nothing to release: the client stays with the store (a head searches through it)."""
@@ -489,9 +592,11 @@ class MilvusSearch:
 
     default_threshold = None  # a distance between embeddings: the weights' own (the provenance)
 
-    def __init__(self, store: MilvusStore, generation: int, values: int) -> None:
+    def __init__(self, store: MilvusStore, generation: int, values: int, index: dict, settled: bool) -> None:
         self.store, self.location = store, store.location
         self.condition = visible(generation)
+        self.index = index
+        self.consistency = "Bounded" if settled else "Strong"
         # Milvus Lite scans segments it has not indexed yet with one (queries x rows x dim) array: 200
         # queries over 30k faces took 12 GB. A server is asked for every query at once.
         self.per_call = max(1, LITE_SCAN_VALUES // max(values, 1)) if store.lite is not None else None
@@ -534,8 +639,8 @@ class MilvusSearch:
             limit=limit,
             filter=condition,
             output_fields=["identity"],
-            search_params={"metric_type": "L2", "params": {"ef": max(MIN_EF, limit)}},
-            consistency_level="Strong",
+            search_params={"metric_type": "L2", "params": search_params(self.index, limit)},
+            consistency_level=self.consistency,
         )
 
 
@@ -548,9 +653,12 @@ class _Lease:
     deletes it. Limits: this is not a consensus lock. Two writers whose write-then-read windows overlap
     by more than LEASE_SETTLE_S could both believe they won; a writer paused (stopped, swapped out, cut
     off from the server) past LEASE_S loses the lease without knowing; expiry compares wall clocks of
-    the writers' machines, so they must agree to within seconds; a killed writer blocks others until its
-    lease expires (up to LEASE_S). For facerec's use (an index run, a server's edits) that is enough;
-    a deployment with many concurrent writers needs an external lock.
+    the writers' machines, so they must agree to within seconds. A writer killed (kill -9, a crash) on
+    the machine of the next one is seen dead at once: the lease names its process and `machine` (the
+    kernel's boot id and PID namespace), and a lease whose process is gone from the same machine is
+    taken over; one killed elsewhere blocks others until its lease expires (up to LEASE_S). For
+    facerec's use (an index run, a server's edits) that is enough; a deployment with many concurrent
+    writers needs an external lock.
     """
 
     def __init__(self, store: MilvusStore) -> None:
@@ -580,7 +688,12 @@ class _Lease:
     def _acquire(self) -> None:
         self.store._make_meta()
         held = self.store._get(LEASE)
-        if held is not None and held["owner"] != self.owner and held["expires"] > time.time():
+        if (
+            held is not None
+            and held["owner"] != self.owner
+            and held["expires"] > time.time()
+            and not _abandoned(held)
+        ):
             raise self._busy()
         self._write()
         time.sleep(LEASE_SETTLE_S)
@@ -591,7 +704,13 @@ class _Lease:
         return GalleryBusy(f"{self.location}: another facerec process is writing this gallery")
 
     def _write(self) -> None:
-        self.store._put(LEASE, {"owner": self.owner, "expires": time.time() + LEASE_S})
+        lease = {
+            "owner": self.owner,
+            "expires": time.time() + LEASE_S,
+            "machine": _MACHINE,
+            "pid": os.getpid(),
+        }
+        self.store._put(LEASE, lease)
 
     def _holder(self) -> str | None:
         held = self.store._get(LEASE)
@@ -601,6 +720,32 @@ class _Lease:
         while not self._stop.wait(LEASE_S / 3):
             with contextlib.suppress(Exception):  # a failed renewal shows in the writer's own calls
                 self._write()
+
+
+def _this_machine() -> str | None:
+    """The kernel boot and PID namespace of this process (None where /proc does not say): a process id
+    recorded under the same ones is one this process can look up."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
+_MACHINE = _this_machine()
+
+
+def _abandoned(held: dict) -> bool:
+    """Whether a lease was written on this machine by a process that is gone."""
+    if _MACHINE is None or held.get("machine") != _MACHINE:
+        return False
+    try:
+        os.kill(int(held["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    return False
 
 
 @contextlib.contextmanager
@@ -617,6 +762,20 @@ def _file_lock(path: Path, location: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _refusal(error: BaseException) -> str | None:
+    """The server's own words when it refused the user or password: pymilvus reports any failed connect
+    as "illegal connection params or server unavailable", the gRPC error it wraps says which."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        code = getattr(cause, "code", None)
+        if callable(code) and getattr(code(), "name", None) == "UNAUTHENTICATED":
+            return f"the server refused the user or password ({cause.details()})"
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _lite_busy(path: Path) -> bool:
     """Whether another process holds Milvus Lite's own lock of the database at `path`."""
     try:
@@ -628,6 +787,14 @@ def _lite_busy(path: Path) -> bool:
     except OSError:
         return False
     return False
+
+
+def _age_s(written_at: str | None) -> float:
+    """Seconds since the ISO time `written_at` (0 when unknown: such a generation counts as new)."""
+    try:
+        return time.time() - datetime.datetime.fromisoformat(written_at).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def version_name(generation: int) -> str:

@@ -118,6 +118,15 @@ def test_landmarks_match_dlib_from_boxes_dlib_did_not_make(photos, model_path):
                 assert np.abs(np.array(points) - theirs).max() <= 0.5, (photo["name"], box)
 
 
+def test_faces_predicted_together_get_the_landmarks_each_gets_alone(photos):
+    """The predictor runs on every face of an image at once: no face's walk may reach into another's."""
+    for photo in photos:
+        faces = [face_of(rect) for rect in photo["rects"]]
+        faces += [Face(box=(x1 - 9.5, y1 + 4, x2 + 20, y2 + 3)) for x1, y1, x2, y2 in (f.box for f in faces)]
+        together = five_point_landmarks(photo["image"], faces)
+        assert together == [five_point_landmarks(photo["image"], [face])[0] for face in faces], photo["name"]
+
+
 @pytest.mark.parametrize(("size", "padding"), [(150, 0.25), (100, 0.5)])
 def test_chips_match_dlib(photos, size, padding):
     aligner = DlibFivePoint(padding=padding)

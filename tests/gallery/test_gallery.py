@@ -247,11 +247,11 @@ def test_a_gallery_written_before_input_recipes_still_identifies(tmp_path, model
 
 
 def test_a_uri_naming_no_registered_store_is_refused_and_makes_no_folder(tmp_path):
-    """`--gallery postgresql://...` with no store for `postgresql`: one line listing the stores, the
+    """`--gallery mysql://...` with no store for `mysql`: one line listing the stores, the
     password never shown, nothing made in the working directory; a folder path with a colon still works."""
     from support.cli import run_cli
 
-    for uri in ("postgresql://ada:s3cret@db.example:5432/faces", "nosuch:faces.db"):
+    for uri in ("mysql://ada:s3cret@db.example:3306/faces", "nosuch:faces.db"):
         result = run_cli("gallery", "--gallery", uri, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         (line,) = result.stderr.splitlines()

@@ -474,10 +474,10 @@ def test_the_batcher_embeds_concurrent_requests_in_fewer_calls_with_the_same_res
     backbone = load_backbone("inception-resnet", pretrained="none", device="cpu")
     faces = torch.randn(4, 3, 160, 160, generator=torch.Generator().manual_seed(0))
     alone = torch.cat([backbone.embed(faces[i : i + 1]) for i in range(4)])
-    batching = Batcher(backbone.embed, max_faces=32, max_wait=0.05)
+    batching = Batcher.of_tensors(backbone.embed, max_rows=32, max_wait=0.05)
     assert torch.allclose(torch.cat(embedded_together(batching, faces)), alone, atol=1e-5)
     assert batching.calls < 4
-    one_by_one = Batcher(backbone.embed, max_faces=1, max_wait=0.05)
+    one_by_one = Batcher.of_tensors(backbone.embed, max_rows=1, max_wait=0.05)
     assert torch.allclose(torch.cat(embedded_together(one_by_one, faces)), alone, atol=1e-5)
     assert one_by_one.calls == 4
 

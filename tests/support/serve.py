@@ -18,12 +18,13 @@ ADDRESS = re.compile(r"^facerec serve: (http://\S+/) ")
 
 
 class Server:
-    """`python -m facerec serve ARGS --port 0` with `env`; `url` is where it listens."""
+    """`python -m facerec serve ARGS --port 0` with `env`, in `cwd`; `url` is where it listens."""
 
-    def __init__(self, *args: object, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: object, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "facerec", "serve", "--port", "0", *map(str, args)],
             env={**os.environ, **(env or {})},
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

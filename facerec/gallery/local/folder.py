@@ -19,6 +19,13 @@ or the new complete one; leftovers of a killed write are removed by the next wri
 the current one is kept, so a reader that has just read CURRENT still finds its files (and a damaged
 current version has an older one to fall back to).
 
+A write that keeps every row and the head as they are (a people edit, a change of skipped images) shares
+the previous version's vectors.npy and head files by hard link instead of writing them again (at a
+million faces, 2 GB of vectors and a 2.7 GB faiss.index), and takes their records from its manifest,
+just checked against them. Versions are never modified, so sharing a file is safe; but a file damaged on
+disk is then damaged in both versions, and the older one is no fallback for it (a repair embeds the
+photos again). Where the file system has no hard links, the files are copied.
+
 Disks and people damage files all the same, and a damaged file that still parses answers wrongly and
 quietly. So no file is used without checking its bytes against the manifest (facerec.gallery.local.manifest),
 each when it is read: opening a version checks every size, the vectors' shape against the entries, the
@@ -55,6 +62,7 @@ import numpy as np
 from facerec.contract.registry import registry
 from facerec.errors import FacerecError, GalleryBusy
 from facerec.gallery.local.manifest import (
+    BLOCK,
     MANIFEST_FILE,
     read_manifest,
     rows_in_blocks,
@@ -516,11 +524,15 @@ def _ours(name: str) -> bool:
     return name.startswith(TEMP_PREFIX) or bool(VERSION_NAME.match(name)) or name == CURRENT_FILE
 
 
-def write(path: Path, contents: Contents, head: Head, previous: str | None = None) -> str:
+def write(
+    path: Path, contents: Contents, head: Head | None, previous: str | None = None, same_as: str | None = None
+) -> str:
     """Store `contents` with the fitted `head` as the gallery's new current version; returns its name.
 
     `previous` is the version the new one was made from, kept beside it (default: CURRENT's; a repair
-    names the version it went back to). Call inside `locked(path)`.
+    names the version it went back to). `same_as` names a version whose vectors and head are those of
+    `contents` and `head`, checked by the writer: its files are linked, not written (`head` may then be
+    None; see the module docstring). Call inside `locked(path)`.
     """
     path = Path(path)
     try:
@@ -529,13 +541,20 @@ def write(path: Path, contents: Contents, head: Head, previous: str | None = Non
         live = None
     previous = previous or live
     try:
-        return _write(path, contents, head, previous, live)
+        return _write(path, contents, head, previous, live, same_as)
     except OSError as error:
         raise cannot_write(path, error) from None
 
 
-def _write(path: Path, contents: Contents, head: Head, previous: str | None, live: str | None) -> str:
-    _remove_leftovers(path, keep={previous, live} - {None})
+def _write(
+    path: Path,
+    contents: Contents,
+    head: Head | None,
+    previous: str | None,
+    live: str | None,
+    same_as: str | None,
+) -> str:
+    _remove_leftovers(path, keep={previous, live, same_as} - {None})
     number = (
         max((int(VERSION_NAME.match(name).group(1)) for name in {previous, live} - {None}), default=0) + 1
     )
@@ -543,16 +562,38 @@ def _write(path: Path, contents: Contents, head: Head, previous: str | None, liv
     temp = path / f"{TEMP_PREFIX}{version}"
     temp.mkdir()
     _write_db(temp / DB_FILE, contents, previous)
-    _write_vectors(temp / VECTORS_FILE, contents.vectors)
-    (temp / HEAD_FOLDER).mkdir()
-    head.save(temp / HEAD_FOLDER)
-    write_manifest(temp)
+    if same_as is not None:
+        known = _share(path / same_as, temp)
+    else:
+        known = None
+        _write_vectors(temp / VECTORS_FILE, contents.vectors)
+        (temp / HEAD_FOLDER).mkdir()
+        head.save(temp / HEAD_FOLDER)
+    write_manifest(temp, known)
     _fsync_tree(temp)
     os.rename(temp, path / version)
     _fsync_folder(path)
     _replace_text(path / CURRENT_FILE, version + "\n")
     _remove_leftovers(path, keep={version, previous} - {None})
     return version
+
+
+def _share(source: Path, temp: Path) -> dict[str, dict[str, Any]]:
+    """Hard-link (where the file system refuses, copy) the vectors and head files of version `source`
+    into `temp`; the manifest records of those files that can be reused (all of them unless `source`
+    was written before block checksums)."""
+    head = source / HEAD_FOLDER
+    names = [VECTORS_FILE, *sorted(p.relative_to(source).as_posix() for p in head.rglob("*") if p.is_file())]
+    for name in names:
+        (temp / name).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source / name, temp / name)
+        except OSError:  # no hard links here (some network and FUSE file systems)
+            shutil.copyfile(source / name, temp / name)
+    manifest, problem = read_manifest(source)
+    if manifest is None or problem is not None or manifest.block != BLOCK:
+        return {}
+    return {name: manifest.files[name] for name in names if "xxh3_64" in manifest.files.get(name, {})}
 
 
 def _write_db(target: Path, contents: Contents, previous: str | None) -> None:

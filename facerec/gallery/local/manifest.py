@@ -110,12 +110,14 @@ def read_manifest(folder: Path) -> tuple[Manifest | None, str | None]:
     return Manifest(files, block), None
 
 
-def write_manifest(folder: Path) -> None:
-    """Record every file of the version being written in `folder` (each read once)."""
-    files = {
-        file.relative_to(folder).as_posix(): _record(file)
-        for file in sorted(p for p in folder.rglob("*") if p.is_file())
-    }
+def write_manifest(folder: Path, known: dict[str, dict[str, Any]] | None = None) -> None:
+    """Record every file of the version being written in `folder` (each read once), but those whose
+    records are `known` (files linked from a version whose manifest they were just checked against)."""
+    known = known or {}
+    files = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = file.relative_to(folder).as_posix()
+        files[name] = known[name] if name in known else _record(file)
     text = json.dumps({"block": BLOCK, "files": files}, indent=1) + "\n"
     (folder / MANIFEST_FILE).write_text(text, "utf-8")
 

@@ -6,6 +6,8 @@ path, so that reading a folder gallery loads no plugin (a re-index with nothing 
 Every commit writes a whole new version. The head is carried over when it can be: a `faiss` head drops
 removed faces as tombstones (`remove`) and appends new ones (`add`), so an edit of a large gallery does
 not rebuild its HNSW graph; a head that cannot do either is fitted again on the new version's vectors.
+A change that keeps every row and the head (a people edit, skipped images) shares the base's vectors and
+head files (facerec.gallery.local.folder): nothing of them is read, copied or written.
 """
 
 from __future__ import annotations
@@ -46,19 +48,41 @@ class LocalStore:
 
     def commit(self, base: Snapshot | None, change: Change) -> str:
         width = change.provenance.embedding_size
+        same = _same_vectors_and_head(base, change)
         kept = base.entries() if base is not None and change.keep else []
-        old = base.vectors(change.keep) if kept else np.zeros((0, width), np.float32)
+        if same:
+            vectors = base.vectors()  # mapped, not copied: its file is linked, not written
+        else:
+            old = base.vectors(change.keep) if kept else np.zeros((0, width), np.float32)
+            vectors = np.concatenate([np.asarray(old, np.float32), change.added_vectors(width)])
         contents = Contents(
             provenance=change.provenance,
             head=change.head,
             head_options=change.head_options,
             entries=[kept[row] for row in change.keep] + change.added,
-            vectors=np.concatenate([np.asarray(old, np.float32), change.added_vectors(width)]),
+            vectors=vectors,
             skipped=change.skipped,
             people=change.people if change.people is not None or base is None else base.people(),
         )
+        previous = base.version if base else None
+        if same:
+            return folder.write(self.path, contents, None, previous=previous, same_as=base.version)
         head = change.fitted_head or _carried_head(base, change) or _fitted(contents)
-        return folder.write(self.path, contents, head, previous=base.version if base else None)
+        return folder.write(self.path, contents, head, previous=previous)
+
+
+def _same_vectors_and_head(base: Snapshot | None, change: Change) -> bool:
+    """Whether the new version's vectors and head are the base's, byte for byte: every row kept in
+    order, none added, the same head and options, nothing of the base damaged or set aside."""
+    return (
+        base is not None
+        and not base.damage
+        and not base.dropped
+        and change.fitted_head is None
+        and not change.added
+        and (change.head, change.head_options) == (base.head_name, base.head_options)
+        and change.keep == list(range(len(base)))
+    )
 
 
 def _carried_head(base: Snapshot | None, change: Change) -> Head | None:

@@ -1,0 +1,219 @@
+"""`--precision auto`: the fastest precision this machine runs natively that keeps a backbone's embeddings
+within cosine COSINE (0.9995) of FP32, measured once per machine and model and cached.
+
+Which precisions are measured follows from the CPU's flags or the GPU (facerec.pipeline.precision.
+candidates): FP32 always; int8 on x86 CPUs for a backbone that can be quantized; bf16 on CPUs with
+AVX512-BF16 or AMX and on GPUs of compute capability 8 and up. Each is timed on TIMING_FACES faces
+(synthetic: the kernels' speed does not depend on the pixels), after one untimed call, best of
+TIMING_ROUNDS rounds that take the precisions in turn. Its agreement with FP32 is measured on real faces:
+int8's when it is calibrated, as the worst cosine to expect on faces it was not calibrated on (twice the
+worst calibration face's distance, facerec.pipeline.int8.UNSEEN_FACTOR, recorded with the network);
+bf16's on the faces the command calibrates on (its photos, else the demo set's), which calibrate nothing.
+The choice is the fastest that keeps that worst cosine at COSINE or above, counting FP32 as GAIN times
+faster than it measured, so that timing noise never picks a precision that is not really faster. (On
+AVX2 without VNNI, int8's 7-bit weights keep neither built-in backbone there: auto runs FP32.)
+
+What it costs, once per machine and model: the timing, about 1-2 s for inception-resnet on 2 cores
+(0.3 s for dlib-resnet); and calibrating int8 when it was never calibrated here (detecting the faces of
+up to 32 photos and quantizing: 10-15 s on 2 cores), which `--precision int8` would have cost on its
+first run too. Later runs read the record: milliseconds. When a precision cannot be measured (int8 with
+no photos to calibrate on, offline), the others are chosen from and nothing is recorded, so the next run
+measures again.
+
+The record is JSON, in `$TORCH_HOME/checkpoints/facerec-precision/BACKBONE-WEIGHTS-KEY.json` with its
+checksum beside it (facerec.integrity: a damaged record is named on stderr and measured again), keyed by
+the machine (the CPU's model and its relevant flags, or the GPU), the backbone, its weights' SHA-256, the
+input recipe, the int8 scheme and torch's version. Delete it to measure again; `--precision fp32|int8|bf16`
+or `FACEREC_PRECISION` choose without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from facerec.errors import FacerecError
+from facerec.integrity import Damaged, read_checked, write_checked
+from facerec.pipeline.int8 import Calibration, FaceSource, agreement, identity, scheme
+from facerec.pipeline.precision import BF16, COSINE, FP32, INT8, Machine, candidates, machine, quantizable
+from facerec.pipeline.weights import cache_dir
+
+if TYPE_CHECKING:
+    from facerec.pipeline.engine import LoadedBackbone
+
+FORMAT = "facerec-precision/1"
+TIMING_FACES = 8
+TIMING_ROUNDS = 3
+GAIN = 1.05  # a precision must beat FP32's measured speed by this factor to be chosen over it
+
+Note = Callable[[str], None]
+
+
+def choose(loaded: LoadedBackbone, allowed: Sequence[str] | None, note: Note) -> tuple[str, nn.Module | None]:
+    """The precision `loaded` runs at under auto, among `allowed` (None: any; else in the order to fall
+    back on, a gallery's own precision first), and its network when measuring built it (else None)."""
+    found = machine(loaded.device)
+    measurable = candidates(found.flags, loaded.device.type, quantizable(loaded.plugin), _gpu_bf16(loaded))
+    usable = [p for p in measurable if allowed is None or p in allowed]
+    if not usable:
+        return allowed[0], None
+    if len(usable) == 1:
+        return usable[0], None
+    path = record_path(loaded, found)
+    record = read_record(path, note)
+    networks: dict[str, nn.Module] = {}
+    if record is None:
+        record, networks, complete = measure(loaded, measurable, found, note)
+        if complete:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_checked(path, (json.dumps(record, indent=1) + "\n").encode())
+        note(summary(loaded.name, found, record, path if complete else None))
+    choice = next((p for p in record["ranking"] if p in usable), usable[0])
+    return choice, networks.get(choice)
+
+
+def _gpu_bf16(loaded: LoadedBackbone) -> bool:
+    return loaded.device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def record_key(loaded: LoadedBackbone, found: Machine) -> dict[str, Any]:
+    """What the record holds for: the machine, the model, the int8 scheme, torch's version."""
+    return {
+        "format": FORMAT,
+        "machine": found.to_json(),
+        "torch": torch.__version__.split("+")[0],
+        "backbone": loaded.name,
+        "weights_sha256": loaded.weights_sha256 or "untrained (seed 0)",
+        "recipe": (loaded.recipe or loaded.plugin.recipe).to_json(),
+        "int8_scheme": scheme(loaded.int8_weight_bits),
+    }
+
+
+def record_path(loaded: LoadedBackbone, found: Machine) -> Path:
+    key = hashlib.sha256(json.dumps(record_key(loaded, found), sort_keys=True).encode()).hexdigest()
+    weights = (loaded.weights_sha256 or "untrained")[:12]
+    return cache_dir() / "facerec-precision" / f"{loaded.name}-{weights}-{key[:16]}.json"
+
+
+def read_record(path: Path, note: Note) -> dict[str, Any] | None:
+    """The recorded measurement, or None when there is none or it is damaged (said, then measured again)."""
+    if not path.is_file():
+        return None
+    try:
+        data, _ = read_checked(path)
+        record = json.loads(data)
+        if record.get("format") != FORMAT or not isinstance(record.get("ranking"), list):
+            raise ValueError("not a measurement of this facerec")
+    except Damaged as damaged:
+        note(f"{damaged}; measuring again")
+        return None
+    except (OSError, ValueError) as error:
+        note(f"{path}: unreadable ({error}); measuring again")
+        return None
+    return record
+
+
+def measure(
+    loaded: LoadedBackbone, measurable: Sequence[str], found: Machine, note: Note
+) -> tuple[dict[str, Any], dict[str, nn.Module], bool]:
+    """Time and check each of `measurable` (FP32 first); the record, the networks built, and whether
+    every precision could be measured (else the record is not kept)."""
+    started = time.perf_counter()
+    faces = _once(loaded.faces_source())
+    size = (loaded.recipe or loaded.plugin.recipe).size
+    reference = loaded.network_at(FP32)
+    networks, cosines, complete = {FP32: reference}, {FP32: 1.0}, True
+    for precision in measurable[1:]:
+        try:
+            networks[precision] = loaded.network_at(precision, faces)
+            cosines[precision] = _cosine(precision, networks[precision], reference, faces, loaded.device)
+        except FacerecError as error:
+            note(f"--precision auto: {precision} not measured: {error}")
+            networks.pop(precision, None)
+            complete = False
+    rates = faces_per_second(networks, _timing_faces(size).to(loaded.device))
+    measured = {p: {"faces_per_s": rates[p], "cosine_worst": cosines[p]} for p in networks}
+    record = {
+        **record_key(loaded, found),
+        "measured": measured,
+        "ranking": ranking(measured),
+        "timing_faces": TIMING_FACES,
+        "threads": torch.get_num_threads(),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return record, networks, complete
+
+
+def ranking(measured: dict[str, dict[str, float]]) -> list[str]:
+    """The precisions that keep COSINE, fastest first, FP32's speed counted GAIN times."""
+    kept = [p for p, m in measured.items() if m["cosine_worst"] >= COSINE]
+    return sorted(kept, key=lambda p: -measured[p]["faces_per_s"] * (GAIN if p == FP32 else 1.0))
+
+
+def _cosine(
+    precision: str, network: nn.Module, reference: nn.Module, faces: FaceSource, device: torch.device
+) -> float:
+    if precision == INT8:  # measured when it was calibrated, and foreseen for faces it was not
+        return float((identity(network).get("agreement") or {}).get("cosine_unseen", 0.0))
+    if precision == BF16:
+        return float(agreement(reference, network, faces().faces.to(device))["cosine_min"])
+    raise ValueError(f"no agreement measure for {precision}")
+
+
+def faces_per_second(networks: dict[str, nn.Module], faces: torch.Tensor) -> dict[str, float]:
+    """Each network's best rate on `faces` over TIMING_ROUNDS rounds, after one untimed call each. The
+    rounds take the networks in turn, so that a moment of load elsewhere slows them all alike."""
+    times: dict[str, list[float]] = {precision: [] for precision in networks}
+    with torch.inference_mode():
+        for network in networks.values():
+            network(faces)
+        for _ in range(TIMING_ROUNDS):
+            for precision, network in networks.items():
+                times[precision].append(_timed(network, faces))
+    return {precision: round(len(faces) / min(found), 2) for precision, found in times.items()}
+
+
+def _timed(network: nn.Module, faces: torch.Tensor) -> float:
+    cuda = faces.device.type == "cuda"
+    started = time.perf_counter()
+    network(faces)
+    if cuda:
+        torch.cuda.synchronize(faces.device)
+    return time.perf_counter() - started
+
+
+def _timing_faces(size: int) -> torch.Tensor:
+    """Standardized-looking faces, the same every time."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(TIMING_FACES, 3, size, size, generator=generator).clamp_(-1, 1)
+
+
+def _once(source: FaceSource) -> FaceSource:
+    """`source`, detecting its photos at most once in this measurement (int8 and bf16 share them)."""
+    found: list[Calibration] = []
+
+    def faces() -> Calibration:
+        if not found:
+            found.append(source())
+        return found[0]
+
+    return faces
+
+
+def summary(name: str, found: Machine, record: dict[str, Any], path: Path | None) -> str:
+    """One line: what was measured, what was chosen, where it is kept."""
+    measured = record["measured"]
+    figures = "; ".join(
+        f"{p} {m['faces_per_s']:.1f} faces/s"
+        + (f", worst cosine {m['cosine_worst']:.5f}" if p != FP32 else "")
+        for p, m in measured.items()
+    )
+    kept = f"measured once in {record['seconds']:.1f} s, kept in {path}" if path else "not kept: incomplete"
+    return f"--precision auto for {name} on {found.cpu}: {figures}; fastest kept: {record['ranking'][0]} ({kept})"

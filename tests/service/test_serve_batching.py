@@ -1,0 +1,105 @@
+"""Detection batched across requests: concurrent photos give the faces each gives alone.
+
+A real `facerec serve` (MTCNN, seeded weights) answers photos one at a time, then the same photos sent
+all at once by as many client threads, which its detector's batcher detects together (a long
+--batch-wait-ms lets every request join the first batch); every answer must be the same, to the bit.
+The batcher itself is run in process on the real pipeline, to see that concurrent images do share
+detector calls.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from facerec.pipeline.engine import build_pipeline
+from facerec.pipeline.images import load_image
+from facerec.service.models import detection_batcher
+from support import KNN, PHOTOS
+from support.gallery import shrink, weights_cache
+from support.serve import Server
+
+SOURCES = [
+    PHOTOS / "multiface.jpg",
+    PHOTOS / "two_people.jpg",
+    PHOTOS / "obama_small.jpg",
+    PHOTOS / "obama_partial_face.jpg",
+    KNN / "test" / "obama_and_biden.jpg",
+    KNN / "test" / "kit_with_rose.jpg",
+]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[Path]:
+    """The photos at the tests' small size (different sizes each), a photo without faces, and a
+    damaged JPEG (answered 400 while the others of its batch are answered)."""
+    folder = tmp_path_factory.mktemp("photos")
+    made = [shrink(source, folder / source.name) for source in SOURCES]
+    blank = folder / "blank.png"
+    Image.new("RGB", (300, 200), (90, 120, 150)).save(blank)
+    damaged = folder / "damaged.jpg"
+    damaged.write_bytes(made[0].read_bytes()[:2000])
+    return [*made, blank, damaged]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, seeded_weights):
+    root = tmp_path_factory.mktemp("serve-batching")
+    env = {"TORCH_HOME": str(weights_cache(root / "torch-home")), "FACEREC_MIRROR": "http://127.0.0.1:9"}
+    running = Server(
+        "--gallery", root / "gallery", "--weights", seeded_weights, "--batch-wait-ms", "500", env=env
+    )  # fmt: skip
+    yield running
+    assert running.stop() == 130
+    assert "Traceback" not in running.output
+
+
+def detect(server: Server, photo: Path) -> tuple[int, dict]:
+    answer = requests.post(
+        server.url + "v1/detect", files={"image": (photo.name, photo.read_bytes())}, timeout=120
+    )
+    return answer.status_code, answer.json()
+
+
+def test_concurrent_photos_give_the_faces_each_gives_alone(server, photos):
+    alone = [detect(server, photo) for photo in photos]
+    assert [status for status, _ in alone] == [200] * (len(photos) - 1) + [400]
+    assert sum(len(answer["faces"]) for _, answer in alone[:-1]) >= 8
+    assert alone[-2][1]["faces"] == []
+    sent = photos * 2  # 16 requests at once: every photo twice in the batch
+    start = threading.Barrier(len(sent))
+
+    def together(photo: Path) -> tuple[int, dict]:
+        start.wait()
+        return detect(server, photo)
+
+    with ThreadPoolExecutor(len(sent)) as pool:
+        concurrent = list(pool.map(together, sent))
+    assert concurrent == alone * 2
+
+
+def test_the_detector_batcher_detects_concurrent_images_in_fewer_calls(photos, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(weights_cache(tmp_path / "torch-home")))
+    pipeline = build_pipeline(embed=False, device="cpu")
+    images = [load_image(photo) for photo in photos[:-1]]
+    alone = [pipeline.find([image])[0] for image in images]
+    batcher = detection_batcher(pipeline, max_images=16, max_wait=0.5)
+    start = threading.Barrier(len(images))
+
+    def submit(image: Image.Image) -> list:
+        start.wait()
+        return batcher.submit(image).result(timeout=120)
+
+    batcher.start()
+    try:
+        with ThreadPoolExecutor(len(images)) as pool:
+            together = list(pool.map(submit, images))
+    finally:
+        batcher.stop()
+    assert together == alone
+    assert batcher.calls < len(images)
