@@ -10,7 +10,7 @@ faces = gallery.identify("photo.jpg")  # [Identification(face, identity, distanc
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +87,8 @@ class Gallery:
         `models` may name the models explicitly (as ModelRequest fields); they must be the gallery's.
         """
         check_threshold(threshold)
-        return self._identified(models).run(images, threshold, top_k)
+        images = list(images)
+        return self._identified(models, images[: defaults.MEASURED_PHOTOS]).run(images, threshold, top_k)
 
     def follow(
         self,
@@ -119,11 +120,12 @@ class Gallery:
 
         return (event for event in self.follow(source, **options) if isinstance(event, TrackReport))
 
-    def _identified(self, models: dict[str, Any]) -> Identifier:
+    def _identified(self, models: dict[str, Any], photos: Sequence[str | os.PathLike] = ()) -> Identifier:
         """The identifier for `models` (the gallery's own when none are named), made once and kept up
-        to date with the gallery's versions."""
+        to date with the gallery's versions. `photos`: what `--precision auto` may check bf16 on."""
         if self._identifier is None or models:
-            self._identifier = Identifier(self.store, ModelRequest(device=self.device, **models))
+            request = ModelRequest(device=self.device, photos=tuple(photos), **models)
+            self._identifier = Identifier(self.store, request)
         else:
             self._identifier.refresh()
         return self._identifier

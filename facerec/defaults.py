@@ -19,6 +19,8 @@ DETECTION_PIXELS = 4_000_000  # the working size of a detector that declares non
 GALLERY = Path(".facerec") / "gallery"  # under the working directory
 GALLERY_VARIABLE = "FACEREC_GALLERY"
 
+MEASURED_PHOTOS = 8  # of a command's photos, those `--precision auto` checks bf16 on (not calibrates)
+
 
 def gallery_location() -> str:
     """`FACEREC_GALLERY`, else `.facerec/gallery` under the working directory."""

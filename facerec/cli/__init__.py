@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from facerec import __version__
+from facerec import __version__, defaults
 from facerec.errors import FacerecError, UsageError
 
 BUILTIN_COMMANDS = {
@@ -116,14 +116,16 @@ def main(args: list[str] | None = None) -> None:
     sys.exit(status if isinstance(status, int) else 0)
 
 
-def make_pipeline(params: dict[str, Any], embed: bool) -> Any:
+def make_pipeline(params: dict[str, Any], embed: bool, photos: tuple[str, ...] = ()) -> Any:
     """The engine's Pipeline from a command's model, detector and aligner options (see
     facerec.cli.options); the detector and aligner are built first, so a bad option is reported before
-    any weights are downloaded."""
+    any weights are downloaded. `photos`, the command's images: what `--precision auto` checks bf16 on."""
     from facerec.cli.options import pipeline_arguments
     from facerec.pipeline.engine import build_pipeline
 
-    return build_pipeline(embed=embed, **pipeline_arguments(params))
+    return build_pipeline(
+        embed=embed, photos=list(photos[: defaults.MEASURED_PHOTOS]), **pipeline_arguments(params)
+    )
 
 
 def each_result(pipeline: Any, images: tuple[str, ...]) -> Any:

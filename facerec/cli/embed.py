@@ -22,7 +22,7 @@ def command(ctx, images, as_json, **_models):
     An image that cannot be read is named on stderr and the others are still processed; the exit status
     is then 1, at the end.
     """
-    pipeline = make_pipeline(ctx.params, embed=True)
+    pipeline = make_pipeline(ctx.params, embed=True, photos=images)
     for result in each_result(pipeline, images):
         if as_json:
             echo_json(result.to_json())

@@ -41,6 +41,7 @@ class ModelRequest:
     device: str | None = "auto"
     precision: str | None = None  # fp32, int8, bf16 or auto; None: FACEREC_PRECISION, else auto
     calibration: str | os.PathLike | None = None  # int8 and auto: photos to calibrate on when not cached yet
+    photos: tuple[str | os.PathLike, ...] = ()  # auto: some of the command's own photos, to check bf16 on
 
 
 def check_request(recorded: Provenance, request: ModelRequest, gallery: Path) -> None:
@@ -107,6 +108,7 @@ def open_pipeline(
         device=request.device,
         precision=precision,
         calibration=photos or request.calibration,  # a gallery's network is made from its own photos
+        photos=list(request.photos),
         allowed=allowed,
         detector_precision=recorded.detector_precision if recorded else None,
         int8_weight_bits=weight_bits_of(network["scheme"]) if network and network.get("scheme") else None,
@@ -142,7 +144,9 @@ def _precision(recorded: Provenance | None, request: ModelRequest) -> tuple[str,
     preferred = request.precision or default_precision()
     if recorded is None:
         return preferred, None
-    allowed = [recorded.precision] + [p for p in (FP32, BF16) if p != recorded.precision and recorded.accepts(p)]
+    allowed = [recorded.precision] + [
+        p for p in (FP32, BF16) if p != recorded.precision and recorded.accepts(p)
+    ]
     if preferred == AUTO:
         return AUTO, allowed
     return (preferred if preferred in allowed else recorded.precision), None

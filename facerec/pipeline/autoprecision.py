@@ -8,7 +8,8 @@ AVX512-BF16 or AMX and on GPUs of compute capability 8 and up. Each is timed on 
 TIMING_ROUNDS rounds that take the precisions in turn. Its agreement with FP32 is measured on real faces:
 int8's when it is calibrated, as the worst cosine to expect on faces it was not calibrated on (twice the
 worst calibration face's distance, facerec.pipeline.int8.UNSEEN_FACTOR, recorded with the network);
-bf16's on the faces the command calibrates on (its photos, else the demo set's), which calibrate nothing.
+bf16's on the faces of some of the command's own photos (embed's, identify's), else on those it
+calibrates on (its photos, else the demo set's); they calibrate nothing.
 The choice is the fastest that keeps that worst cosine at COSINE or above, counting FP32 as GAIN times
 faster than it measured, so that timing noise never picks a precision that is not really faster. (On
 AVX2 without VNNI, int8's 7-bit weights keep neither built-in backbone there: auto runs FP32.)
@@ -16,9 +17,9 @@ AVX2 without VNNI, int8's 7-bit weights keep neither built-in backbone there: au
 What it costs, once per machine and model: the timing, about 1-2 s for inception-resnet on 2 cores
 (0.3 s for dlib-resnet); and calibrating int8 when it was never calibrated here (detecting the faces of
 up to 32 photos and quantizing: 10-15 s on 2 cores), which `--precision int8` would have cost on its
-first run too. Later runs read the record: milliseconds. When a precision cannot be measured (int8 with
-no photos to calibrate on, offline), the others are chosen from and nothing is recorded, so the next run
-measures again.
+first run too. Later runs read the record: milliseconds. When a precision cannot be measured (int8 or bf16
+with no faces to check on, offline), the others are recorded and chosen from, and a later run measures
+the missing one, scaling the recorded rates by FP32's, which it times again.
 
 The record is JSON, in `$TORCH_HOME/checkpoints/facerec-precision/BACKBONE-WEIGHTS-KEY.json` with its
 checksum beside it (facerec.integrity: a damaged record is named on stderr and measured again), keyed by
@@ -69,12 +70,13 @@ def choose(loaded: LoadedBackbone, allowed: Sequence[str] | None, note: Note) ->
     path = record_path(loaded, found)
     record = read_record(path, note)
     networks: dict[str, nn.Module] = {}
-    if record is None:
-        record, networks, complete = measure(loaded, measurable, found, note)
-        if complete:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_checked(path, (json.dumps(record, indent=1) + "\n").encode())
-        note(summary(loaded.name, found, record, path if complete else None))
+    missing = [p for p in measurable if record is None or p not in record["measured"]]
+    if missing:
+        record, networks = measure(loaded, [FP32, *(p for p in missing if p != FP32)], found, note, record)
+        complete = set(record["measured"]) == set(measurable)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_checked(path, (json.dumps(record, indent=1) + "\n").encode())
+        note(summary(loaded.name, found, record, path, complete))
     choice = next((p for p in record["ranking"] if p in usable), usable[0])
     return choice, networks.get(choice)
 
@@ -121,34 +123,43 @@ def read_record(path: Path, note: Note) -> dict[str, Any] | None:
 
 
 def measure(
-    loaded: LoadedBackbone, measurable: Sequence[str], found: Machine, note: Note
-) -> tuple[dict[str, Any], dict[str, nn.Module], bool]:
-    """Time and check each of `measurable` (FP32 first); the record, the networks built, and whether
-    every precision could be measured (else the record is not kept)."""
+    loaded: LoadedBackbone,
+    precisions: Sequence[str],
+    found: Machine,
+    note: Note,
+    earlier: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, nn.Module]]:
+    """Time and check each of `precisions` (FP32 first) and add them to the `earlier` record; the record
+    and the networks built. A precision that cannot be measured now (int8 or bf16 with no faces to
+    check on, offline) is left out of the record, so that a later run measures it."""
     started = time.perf_counter()
     faces = _once(loaded.faces_source())
     size = (loaded.recipe or loaded.plugin.recipe).size
     reference = loaded.network_at(FP32)
-    networks, cosines, complete = {FP32: reference}, {FP32: 1.0}, True
-    for precision in measurable[1:]:
+    networks, cosines = {FP32: reference}, {FP32: 1.0}
+    for precision in precisions[1:]:
         try:
             networks[precision] = loaded.network_at(precision, faces)
-            cosines[precision] = _cosine(precision, networks[precision], reference, faces, loaded.device)
+            checked = _once(loaded.checked_on) if precision == BF16 and loaded.checked_on else faces
+            cosines[precision] = _cosine(precision, networks[precision], reference, checked, loaded.device)
         except FacerecError as error:
             note(f"--precision auto: {precision} not measured: {error}")
             networks.pop(precision, None)
-            complete = False
     rates = faces_per_second(networks, _timing_faces(size).to(loaded.device))
-    measured = {p: {"faces_per_s": rates[p], "cosine_worst": cosines[p]} for p in networks}
+    measured = dict(earlier["measured"]) if earlier else {}
+    if earlier:  # rates of another run: scaled by FP32's, which every run measures
+        scale = rates[FP32] / measured[FP32]["faces_per_s"]
+        measured = {p: {**m, "faces_per_s": round(m["faces_per_s"] * scale, 2)} for p, m in measured.items()}
+    measured.update({p: {"faces_per_s": rates[p], "cosine_worst": cosines[p]} for p in networks})
     record = {
         **record_key(loaded, found),
         "measured": measured,
         "ranking": ranking(measured),
         "timing_faces": TIMING_FACES,
         "threads": torch.get_num_threads(),
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": round(time.perf_counter() - started + (earlier or {}).get("seconds", 0.0), 2),
     }
-    return record, networks, complete
+    return record, networks
 
 
 def ranking(measured: dict[str, dict[str, float]]) -> list[str]:
@@ -207,7 +218,7 @@ def _once(source: FaceSource) -> FaceSource:
     return faces
 
 
-def summary(name: str, found: Machine, record: dict[str, Any], path: Path | None) -> str:
+def summary(name: str, found: Machine, record: dict[str, Any], path: Path, complete: bool) -> str:
     """One line: what was measured, what was chosen, where it is kept."""
     measured = record["measured"]
     figures = "; ".join(
@@ -215,5 +226,5 @@ def summary(name: str, found: Machine, record: dict[str, Any], path: Path | None
         + (f", worst cosine {m['cosine_worst']:.5f}" if p != FP32 else "")
         for p, m in measured.items()
     )
-    kept = f"measured once in {record['seconds']:.1f} s, kept in {path}" if path else "not kept: incomplete"
+    kept = f"measured in {record['seconds']:.1f} s, kept in {path}" + ("" if complete else "; the rest later")
     return f"--precision auto for {name} on {found.cpu}: {figures}; fastest kept: {record['ranking'][0]} ({kept})"

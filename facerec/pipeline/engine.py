@@ -93,6 +93,7 @@ class LoadedBackbone:
     precision: str = FP32  # FP32, INT8 or BF16; AUTO until `resolve` chooses (facerec.pipeline.precision)
     recipe: InputRecipe | None = None  # how its faces are made, when not the plugin's own (--aligner)
     calibration: FaceSource | None = None  # int8, auto: faces to calibrate on (default: the demo's)
+    checked_on: FaceSource | None = None  # auto: the command's own faces, to check bf16 on (not calibrate)
     int8_weight_bits: int = field(default_factory=lambda: int8_weight_bits(this_cpu()[1]))  # or a gallery's
     _inference: torch.nn.Module | None = field(default=None, repr=False)
 
@@ -382,6 +383,7 @@ def build_pipeline(
     allowed: Sequence[str] | None = None,
     detector_precision: str | None = None,
     int8_weight_bits: int | None = None,
+    photos: Sequence[str | os.PathLike] | None = None,
 ) -> Pipeline:
     """The one place a pipeline is composed: detector, the backbone's recipe (its aligner, or the one
     asked for), and with `embed` the backbone's network with its weights at `precision`.
@@ -390,7 +392,8 @@ def build_pipeline(
     int8 network is calibrated, when not cached, on the faces this pipeline finds in the photos of
     `calibration` (a folder, or a list of photos), else in the demo photos; `int8_weight_bits` (7 or 8)
     overrides this CPU's choice (for a gallery's network). `auto` is chosen now, among `allowed` (None:
-    any). The detector runs at `detector_precision`: by default bf16 when bf16 is asked for by name,
+    any); the faces of `photos` (the command's own, when it has some) are those bf16 is checked on, so
+    that a command offline does not need the demo photos for that. The detector runs at `detector_precision`: by default bf16 when bf16 is asked for by name,
     else fp32 (auto chooses for the backbone only: at bf16 MTCNN's boxes move, see
     facerec.pipeline.precision).
     """
@@ -401,9 +404,11 @@ def build_pipeline(
     part, recipe = create_aligner(recipe)
     loaded = load_backbone(backbone, pretrained, weights, device, precision) if embed else None
     if loaded is not None:
-        photos = _calibration_photos(calibration)
+        calibrating = _calibration_photos(calibration)
         loaded.recipe = recipe
-        loaded.calibration = lambda: calibration_faces(found, part, recipe, photos)
+        loaded.calibration = lambda: calibration_faces(found, part, recipe, calibrating)
+        if photos:
+            loaded.checked_on = lambda: calibration_faces(found, part, recipe, [Path(p) for p in photos])
         if int8_weight_bits is not None:
             loaded.int8_weight_bits = int8_weight_bits
         loaded.resolve(allowed)

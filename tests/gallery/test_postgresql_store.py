@@ -2,8 +2,9 @@
 once per session (tests/gallery/conftest.py, support.postgres): the tests log in over TCP with a SCRAM
 password, as users do, and each works in databases of its own.
 
-The five-person set is indexed once per module by a real `facerec index` subprocess into a database and
-once into a folder gallery in this process; the CLI's answers from both must agree.
+The five-person set is indexed once per module by a real `facerec index` subprocess into a database, for
+the tests of writers, logins, replicas and people; that its answers are a folder gallery's is
+tests/gallery/test_store_contract.py's test, over every store.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 import requests
 import torch
 
-import facerec.api
 from facerec.errors import FacerecError, GalleryBusy, UsageError
 from facerec.gallery.provenance import Provenance
 from facerec.gallery.records import Change, Entry, Skipped, now
@@ -34,11 +35,7 @@ from support import FACES
 from support.cli import run_cli
 from support.gallery import KNN, shrink, weights_cache
 from support.postgres import PASSWORD, free_port
-from support.seeded_weights import make_seeded_weights
 from support.serve import Server, post_image
-
-psycopg = pytest.importorskip("psycopg")
-pytest.importorskip("pgserver")
 
 WIDTH = 16
 PROVENANCE = Provenance("inception-resnet", None, None, None, "mtcnn", embedding_size=WIDTH, threshold=1.0)
@@ -98,62 +95,9 @@ def one_line(result, status: int) -> str:
     return result.stderr
 
 
-def test_index_identify_and_list_as_a_folder_gallery_does(made, monkeypatch):
+def test_a_second_writer_is_refused_in_one_line_and_readers_go_on(made):
+    """(Index, identify, re-index, other weights and heads: tests/gallery/test_store_contract.py.)"""
     assert "9 faces of 5 identities (9 embedded" in made.first.stdout
-    found = cli(
-        made, "identify", *sorted(made.photos.iterdir()), "--gallery", made.uri, "--json", "--top-k", "4"
-    )
-    assert found.returncode == 0, found.stderr
-    got = [json.loads(line) for line in found.stdout.splitlines()]
-
-    monkeypatch.setenv("TORCH_HOME", made.env["TORCH_HOME"])
-    local = facerec.api.open_gallery(made.root / "local", device="cpu")
-    local.index(made.people, weights=made.weights, detector="none")
-    expected = [image.to_json() for image in local.identify_all(sorted(made.photos.iterdir()), top_k=4)]
-    assert len(got) == len(expected) == 5
-    for mine, theirs in zip(got, expected, strict=True):
-        assert mine["image"] == theirs["image"] and len(mine["faces"]) == len(theirs["faces"]) == 1
-        for face, other in zip(mine["faces"], theirs["faces"], strict=True):
-            assert face["identity"] == other["identity"]
-            assert face["distance"] == pytest.approx(other["distance"], abs=1e-4)
-            names = [c["identity"] for c in face["candidates"]]
-            assert names == [c["identity"] for c in other["candidates"]] and len(set(names)) == 4
-            for mine_c, theirs_c in zip(face["candidates"], other["candidates"], strict=True):
-                assert mine_c["distance"] == pytest.approx(theirs_c["distance"], abs=1e-4)
-
-    assert listed(made) == {"alex_lacamoire": 1, "biden": 2, "kit_harington": 2, "obama": 2, "rose_leslie": 2}
-    text = cli(made, "gallery", "--gallery", made.uri)
-    assert "head      postgresql" in text.stdout and "(g000001," in text.stdout
-    assert PASSWORD not in text.stdout + text.stderr
-
-
-def test_reindex_is_incremental_and_a_removed_face_is_gone(made):
-    again = cli(made, "index", made.people, "--gallery", made.uri)
-    assert again.returncode == 0, again.stderr
-    assert "(0 embedded, 0 reused, 9 unchanged" in again.stdout and current(made) == "g000001"
-    removed = made.people / "obama" / "obama2.jpg"
-    kept = made.root / "obama2.jpg"
-    shutil.move(removed, kept)
-    shrink(KNN / "train" / "biden" / "biden.jpg", made.people / "biden" / "smaller.jpg", size=SIZE - 10)
-    try:
-        changed = cli(made, "index", made.people, "--gallery", made.uri)
-        assert changed.returncode == 0, changed.stderr
-        assert "(1 embedded, 0 reused, 8 unchanged, 1 removed" in changed.stdout, changed.stdout
-        assert current(made) == "g000002"
-        counts = {"alex_lacamoire": 1, "biden": 3, "kit_harington": 2, "obama": 1, "rose_leslie": 2}
-        assert listed(made) == counts
-    finally:
-        shutil.move(kept, removed)
-        (made.people / "biden" / "smaller.jpg").unlink()
-
-
-def test_other_weights_heads_and_a_second_writer_are_refused_in_one_line(made):
-    other = make_seeded_weights(made.root / "other.pt", salt=1, with_logits=False)
-    refused = cli(made, "identify", made.photos / "obama1.jpg", "--gallery", made.uri, "--weights", other)
-    assert "this gallery was made with inception-resnet with weights" in one_line(refused, 1)
-    head = cli(made, "index", made.people, "--gallery", made.uri, "--head", "classifier")
-    assert "searches by itself" in one_line(head, 2)
-
     before = current(made)
     with open_store(made.uri).locked():  # another writer holds the advisory lock
         busy = cli(made, "index", made.people, "--gallery", made.uri)
