@@ -88,7 +88,7 @@ class Gallery:
         """
         check_threshold(threshold)
         images = list(images)
-        return self._identified(models, images[: defaults.MEASURED_PHOTOS]).run(images, threshold, top_k)
+        return self._identified(models, images).run(images, threshold, top_k)
 
     def follow(
         self,

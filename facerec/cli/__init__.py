@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from facerec import __version__, defaults
+from facerec import __version__
 from facerec.errors import FacerecError, UsageError
 
 BUILTIN_COMMANDS = {
@@ -123,9 +123,7 @@ def make_pipeline(params: dict[str, Any], embed: bool, photos: tuple[str, ...] =
     from facerec.cli.options import pipeline_arguments
     from facerec.pipeline.engine import build_pipeline
 
-    return build_pipeline(
-        embed=embed, photos=list(photos[: defaults.MEASURED_PHOTOS]), **pipeline_arguments(params)
-    )
+    return build_pipeline(embed=embed, photos=list(photos), **pipeline_arguments(params))
 
 
 def each_result(pipeline: Any, images: tuple[str, ...]) -> Any:

@@ -41,7 +41,7 @@ class ModelRequest:
     device: str | None = "auto"
     precision: str | None = None  # fp32, int8, bf16 or auto; None: FACEREC_PRECISION, else auto
     calibration: str | os.PathLike | None = None  # int8 and auto: photos to calibrate on when not cached yet
-    photos: tuple[str | os.PathLike, ...] = ()  # auto: some of the command's own photos, to check bf16 on
+    photos: tuple[str | os.PathLike, ...] = ()  # auto: the command's own photos, bf16 is checked on a few
 
 
 def check_request(recorded: Provenance, request: ModelRequest, gallery: Path) -> None:

@@ -392,9 +392,9 @@ def build_pipeline(
     int8 network is calibrated, when not cached, on the faces this pipeline finds in the photos of
     `calibration` (a folder, or a list of photos), else in the demo photos; `int8_weight_bits` (7 or 8)
     overrides this CPU's choice (for a gallery's network). `auto` is chosen now, among `allowed` (None:
-    any); the faces of `photos` (the command's own, when it has some) are those bf16 is checked on, so
-    that a command offline does not need the demo photos for that. The detector runs at `detector_precision`: by default bf16 when bf16 is asked for by name,
-    else fp32 (auto chooses for the backbone only: at bf16 MTCNN's boxes move, see
+    any); the faces of the first MEASURED_PHOTOS of `photos` (the command's own, when it has some) are
+    those bf16 is checked on, so that a command offline does not need the demo photos for that. The
+    detector runs at `detector_precision`: by default bf16 when bf16 is asked for by name, else fp32 (auto chooses for the backbone only: at bf16 MTCNN's boxes move, see
     facerec.pipeline.precision).
     """
     found = create_detector(detector, detector_options)
@@ -408,7 +408,8 @@ def build_pipeline(
         loaded.recipe = recipe
         loaded.calibration = lambda: calibration_faces(found, part, recipe, calibrating)
         if photos:
-            loaded.checked_on = lambda: calibration_faces(found, part, recipe, [Path(p) for p in photos])
+            checking = [Path(photo) for photo in photos[: defaults.MEASURED_PHOTOS]]
+            loaded.checked_on = lambda: calibration_faces(found, part, recipe, checking)
         if int8_weight_bits is not None:
             loaded.int8_weight_bits = int8_weight_bits
         loaded.resolve(allowed)

@@ -85,8 +85,10 @@ def listed(made: Made, uri: str | None = None) -> dict[str, int]:
 
 
 def current(made: Made) -> str:
+    """The current version, as `facerec gallery` shows it (with the password masked)."""
     shown = cli(made, "gallery", "--gallery", made.uri)
     assert shown.returncode == 0, shown.stderr
+    assert "head      postgresql" in shown.stdout and PASSWORD not in shown.stdout + shown.stderr
     return shown.stdout.split("(")[1].split(",")[0]
 
 
