@@ -13,6 +13,9 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 .venv/bin/ruff check .
-# One worker per core (at most 4); each test file runs whole in one worker, so its module fixtures
-# (an indexed gallery, a calibrated network) are made once.
-.venv/bin/python -m pytest -n auto --maxprocesses 4 --dist loadfile "$@"
+# One worker per core and one more (at most 4), as the workers often wait on servers and subprocesses;
+# each test file runs whole in one worker, so its module fixtures (an indexed gallery, a calibrated
+# network) are made once.
+workers=$(( $(nproc) + 1 ))
+if [ "$workers" -gt 4 ]; then workers=4; fi
+.venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"

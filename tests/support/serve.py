@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import requests
+
+from support.cli import start
 
 STARTUP_S = 120  # loading torch and the models on a busy 2-core machine
 ADDRESS = re.compile(r"^facerec serve: (http://\S+/) ")
@@ -21,15 +21,10 @@ class Server:
     """`python -m facerec serve ARGS --port 0` with `env`, in `cwd`; `url` is where it listens."""
 
     def __init__(self, *args: object, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "facerec", "serve", "--port", "0", *map(str, args)],
-            env={**os.environ, **(env or {})},
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        read, write = os.pipe()
+        self.process = start("serve", "--port", "0", *args, env=env, cwd=cwd, stdout=write, stderr=write)
+        os.close(write)
+        self.stream = os.fdopen(read, "r")
         self.lines: list[str] = []
         self.url: str | None = None
         self._started = threading.Event()
@@ -40,7 +35,7 @@ class Server:
 
     def _drain(self) -> None:
         """Keep every line the server prints; note its address from the first line that gives it."""
-        for line in self.process.stdout:
+        for line in self.stream:
             self.lines.append(line)
             found = ADDRESS.match(line)
             if found and self.url is None:
