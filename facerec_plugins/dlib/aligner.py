@@ -22,6 +22,7 @@ from PIL import Image
 from facerec.plugin import Face, Point, Register, UsageError, fetch, hookimpl
 from facerec_plugins.dlib.chip import extract_chip, face_chip_details
 from facerec_plugins.dlib.models import SHAPE_PREDICTOR_5
+from facerec_plugins.dlib.picture import Picture
 from facerec_plugins.dlib.shape import ShapePredictor, dlib_rectangle, load_shape_predictor
 
 
@@ -31,22 +32,18 @@ def shape_predictor() -> ShapePredictor:
     return load_shape_predictor(*fetch(SHAPE_PREDICTOR_5))
 
 
-def _rgb_pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-
-
-def _landmarks(pixels: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+def _landmarks(picture: Picture, faces: Sequence[Face]) -> np.ndarray:
     if not faces:
         return np.zeros((0, 5, 2), dtype=np.int64)
     rects = np.array([dlib_rectangle(face.box) for face in faces])
-    return shape_predictor().predict(pixels, rects)
+    return shape_predictor().predict(picture, rects)
 
 
 def five_point_landmarks(image: Image.Image, faces: Sequence[Face]) -> list[tuple[Point, ...]]:
     """dlib's five points for each face, in dlib's order: the outer and inner corner of the eye on the
     image's right, the outer and inner corner of the other eye, the base of the nose. Whole pixels, as
     dlib returns them. (Not facerec's `Face.landmarks`, which are eye centres, nose tip, mouth corners.)"""
-    points = _landmarks(_rgb_pixels(image), faces)
+    points = _landmarks(Picture(image), faces)
     return [tuple((float(x), float(y)) for x, y in face) for face in points]
 
 
@@ -63,10 +60,10 @@ class DlibFivePoint:
         self.settings: dict[str, Any] = {"name": "dlib-5point", "padding": self.padding}
 
     def align(self, image: Image.Image, faces: Sequence[Face], size: int) -> list[Image.Image]:
-        pixels = _rgb_pixels(image)
+        picture = Picture(image)
         return [
-            Image.fromarray(extract_chip(pixels, face_chip_details(points, size, self.padding)))
-            for points in _landmarks(pixels, faces)
+            Image.fromarray(extract_chip(picture, face_chip_details(points, size, self.padding)))
+            for points in _landmarks(picture, faces)
         ]
 
 

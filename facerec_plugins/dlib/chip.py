@@ -17,9 +17,9 @@ geometry/drectangle.h) step by step, because dlib's ResNet was trained on chips 
 
 Chips are cut one at a time, as dlib's `get_face_chip` and face_recognition's `face_encodings` do (given
 several chips at once, dlib crops one region around all of them, which moves the pyramid's grid). Scalar
-geometry uses Python's `math` (the C library's sin, cos and atan2, as dlib's), pixel work numpy: the
-crop is read where it lies in the photo, and worked on a band of rows at a time (arrays the size of a
-chip or a crop, allocated and freed for every step, cost more in page faults than in arithmetic).
+geometry uses Python's `math` (the C library's sin, cos and atan2, as dlib's), pixel work numpy, on
+four-byte pixels (see facerec_plugins.dlib.picture): the crop is read where it lies in the picture's
+converted region, halved a band of rows at a time, and sampled with one gather per chip.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from facerec_plugins.dlib.picture import Picture
 
 # dlib's mean positions of its five landmarks (eye corners, then the base of the nose) in a unit face box.
 FIVE_POINT_TEMPLATE = np.array(
@@ -40,8 +42,8 @@ FIVE_POINT_TEMPLATE = np.array(
     ]
 )
 
-BAND_PIXELS = 2048  # chip pixels sampled at a time (see sample_bilinear)
 PYRAMID_PIXELS = 16384  # input pixels halved at a time (see pyramid_down)
+LANE_BYTES = 0x00FF00FF00FF00FF  # the low byte of each 16-bit lane of a uint64
 Rect = tuple[float, float, float, float]  # dlib's drectangle: left, top, right, bottom, all inclusive
 
 
@@ -88,11 +90,11 @@ def face_chip_details(landmarks: np.ndarray, size: int = 150, padding: float = 0
     return ChipDetails(rect=rect, angle=math.atan2(m10, m00), rows=size, cols=size)
 
 
-def extract_chip(pixels: np.ndarray, chip: ChipDetails) -> np.ndarray:
-    """dlib's extract_image_chip of one chip from an (H, W, 3) uint8 RGB array: (rows, cols, 3) uint8."""
-    crop_box, level, rect = _source_of(chip, pixels.shape[0], pixels.shape[1])
+def extract_chip(picture: Picture, chip: ChipDetails) -> np.ndarray:
+    """dlib's extract_image_chip of one chip from `picture`: (rows, cols, 3) uint8 RGB."""
+    crop_box, level, rect = _source_of(chip, picture.height, picture.width)
     left, top, right, bottom = crop_box
-    source = pixels[top : bottom + 1, left : right + 1]  # a view: sampled in place, or halved
+    source = picture.region(crop_box) if left <= right and top <= bottom else np.zeros((0, 0, 4), np.uint8)
     for _ in range(level + 1):
         source = pyramid_down(source)
     corner, across, down = (_turned(rect, chip.angle, x, y) for x, y in ((0, 1), (2, 1), (0, 3)))
@@ -155,30 +157,32 @@ def _turned(rect: Rect, angle: float, x: int, y: int) -> tuple[float, float]:
 
 
 def pyramid_down(pixels: np.ndarray) -> np.ndarray:
-    """One level of dlib's pyramid_down<2> on an (H, W, 3) uint8 image (any strides, such as a crop of
-    a larger one); empty when H or W is 8 or less. The result is an (h, w, 3) view of colour planes.
+    """One level of dlib's pyramid_down<2> on an (H, W, 4) uint8 image of four-byte pixels (red, green,
+    blue, one more; rows may be strided, such as a region of a larger image); empty when H or W is 8 or
+    less. The result is (h, w, 4), contiguous: the fourth byte is filtered too, and never read.
 
-    Sums of at most 16 x 16 x 255 fit 16 bits, so the integer filter runs in uint16, on colour planes
-    (on interleaved pixels numpy's loops would run three values long). Output rows are made a band at
-    a time, each from the input rows it reads: arrays over a whole large crop would be megabytes,
-    mapped fresh from the system (page faults) every time.
+    Sums of at most 16 x 16 x 255 fit 16 bits, so a pixel widened to four 16-bit lanes of one uint64
+    is filtered whole: sums and products by 4 and 6 never carry from one lane into the next, and one
+    operation does all four colours (half again as fast as colour planes, which also cost a transposing
+    copy). Output rows are made a band at a time, each from the input rows it reads: arrays over a
+    whole large crop would be megabytes, mapped fresh from the system (page faults) every time.
     """
     height, width = pixels.shape[:2]
     if height <= 8 or width <= 8:
-        return np.zeros((0, 0, 3), dtype=np.uint8)
+        return np.zeros((0, 0, 4), dtype=np.uint8)
     rows, cols = (height - 3) // 2, (width - 3) // 2
-    halved = np.empty((3, rows, cols), dtype=np.uint8)
+    halved = np.empty((rows, cols, 4), dtype=np.uint8)
     band = max(8, PYRAMID_PIXELS // width)
     for first in range(0, rows, band):
         last = min(first + band, rows)
-        planes = np.ascontiguousarray(np.moveaxis(pixels[2 * first : 2 * last + 3], -1, 0))
-        across = _binomial_halving(planes, cols, axis=2)
-        halved[:, first:last] = _binomial_halving(across, last - first, axis=1) >> 8
-    return halved.transpose(1, 2, 0)
+        lanes = pixels[2 * first : 2 * last + 3].astype(np.uint16).view(np.uint64)[..., 0]
+        sums = _binomial_halving(_binomial_halving(lanes, cols, axis=1), last - first, axis=0)
+        halved[first:last] = ((sums >> 8) & LANE_BYTES).view(np.uint16).reshape(last - first, cols, 4)
+    return halved
 
 
 def _binomial_halving(values: np.ndarray, count: int, axis: int) -> np.ndarray:
-    """`count` uint16 sums v[2i] + 4 v[2i+1] + 6 v[2i+2] + 4 v[2i+3] + v[2i+4] along `axis`.
+    """`count` sums v[2i] + 4 v[2i+1] + 6 v[2i+2] + 4 v[2i+3] + v[2i+4] along `axis`.
 
     The even and odd entries are copied apart first: sums of contiguous arrays run several times
     faster than sums of every other entry.
@@ -187,85 +191,88 @@ def _binomial_halving(values: np.ndarray, count: int, axis: int) -> np.ndarray:
     def along(array: np.ndarray, start: int, stop: int | None, step: int = 1) -> np.ndarray:
         return array[(slice(None),) * axis + (slice(start, stop, step),)]
 
-    even = along(values, 0, 2 * count + 3, 2).astype(np.uint16)
-    odd = along(values, 1, 2 * count + 2, 2).astype(np.uint16)
+    even = np.ascontiguousarray(along(values, 0, 2 * count + 3, 2))
+    odd = np.ascontiguousarray(along(values, 1, 2 * count + 2, 2))
     total = along(even, 0, -2) + along(even, 2, None)
     total += (along(odd, 0, -1) + along(odd, 1, None)) << 2
-    total += along(even, 1, -1) * np.uint16(6)
+    total += along(even, 1, -1) * 6
     return total
 
 
 def sample_bilinear(pixels: np.ndarray, to_source: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """dlib's transform_image with interpolate_bilinear: chip pixel (c, r) takes the (H, W, 3) uint8
-    `pixels` at to_source @ (c, r, 1), interpolated in double precision and truncated; black where
-    the 2x2 neighbourhood leaves them.
+    """dlib's transform_image with interpolate_bilinear: chip pixel (c, r) takes the (H, W, 4) uint8
+    four-byte `pixels` (rows may be strided) at to_source @ (c, r, 1), interpolated in double precision
+    and truncated; black where the 2x2 neighbourhood leaves them. Returns (rows, cols, 3) uint8 RGB.
 
     dlib clamps to 0..255 before truncating; a weighted mean of values in 0..255 with weights in [0, 1]
     is never negative and passes 255 by a rounding at most, which truncates to 255: no clamp is needed.
 
-    How, for speed: `pixels` may be a crop (a view into a larger image) and is read where it lies,
-    with `take` on one flat view of its memory (along an axis of a larger array, `take` copies the array
-    first). A band of chip rows (about BAND_PIXELS pixels) is sampled at a time, since arrays of
-    doubles over a whole chip are hundreds of kilobytes each and the allocator maps such blocks fresh
-    from the system every time, paying their page faults again (a chip cost more in faults than in
-    arithmetic). The three colours of a band lie side by side in one flat array, weights repeated for
-    each, since numpy runs an operation between arrays of one shape and type in a plain loop but
-    buffers one that broadcasts or mixes types.
+    How, for speed: the four neighbours of every chip pixel are one gather of uint32 pixels, and each
+    step of dlib's formula runs over all colours and pixels at once (see `_mixed_rows`). The colours
+    are written into the chip one at a time: a transposing copy of the whole is several times slower.
     """
     height, width = pixels.shape[:2]
-    chip = np.zeros((3, rows, cols), dtype=np.uint8)
     if height < 2 or width < 2:  # no 2x2 neighbourhood anywhere
-        return chip.transpose(1, 2, 0).copy()
-    flat = _flat_view(pixels)
-    down, across, colour = pixels.strides  # steps in `flat` to the next row, column, colour
+        return np.zeros((rows, cols, 3), dtype=np.uint8)
+    flat, row_step = _flat_pixels(pixels)
+    corner, right, lower, inside = _neighbourhoods(to_source, rows, cols, (height, width), row_step)
+    quads = np.take(flat, corner + np.array([[0], [row_step], [1], [row_step + 1]]))  # tl, bl, tr, br
+    chip = np.empty((rows * cols, 3), dtype=np.uint8)
+    for colour, (upper, below) in enumerate(_mixed_rows(quads, right, lower)):
+        chip[:, colour] = (upper + below).astype(np.uint8) * inside  # black outside
+    return chip.reshape(rows, cols, 3)
+
+
+def _neighbourhoods(
+    to_source: np.ndarray, rows: int, cols: int, shape: tuple[int, int], row_step: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each chip pixel, row by row: where the top-left of its 2x2 neighbourhood is in a flat image
+    with rows `row_step` apart (0 where it is not inside), the weights of the right-hand column and the
+    lower row, and whether the neighbourhood lies inside an image of `shape` (height, width)."""
     (m00, m01, b0), (m10, m11, b1) = to_source.tolist()
     column = np.arange(cols, dtype=np.float64)
-    across_columns, down_columns = m00 * column, m10 * column
-    band = max(1, BAND_PIXELS // cols)
-    for first in range(0, rows, band):
-        row = np.arange(first, min(first + band, rows), dtype=np.float64)[:, None]
-        x = (across_columns + m01 * row).ravel()  # (m00 c + m01 r) + b0, in dlib's order
-        x += b0
-        y = (down_columns + m11 * row).ravel()
-        y += b1
-        left, top = np.floor(x), np.floor(y)
-        x -= left  # now the weight of the right-hand column
-        y -= top  # and of the lower row
-        left, top = left.astype(np.intp), top.astype(np.intp)
-        inside = (left.view(np.uintp) < width - 1) & (top.view(np.uintp) < height - 1)
-        corner = top * down
-        corner += left * across
-        corner = np.where(inside, corner, 0)
-        corner = np.concatenate([corner, corner + colour, corner + 2 * colour])  # red, green, blue
-        right, lower = np.tile(x, 3), np.tile(y, 3)
-        values = _weighted_pair(flat, corner, 0, across, right)
-        values *= 1 - lower
-        below = _weighted_pair(flat, corner, down, down + across, right)
-        below *= lower
-        values += below
-        values = values.astype(np.uint8)
-        values *= np.tile(inside.view(np.uint8), 3)  # black outside
-        chip[:, first : first + len(row)] = values.reshape(3, len(row), cols)
-    return chip.transpose(1, 2, 0).copy()
+    row = np.arange(rows, dtype=np.float64)[:, None]
+    x = (m00 * column + m01 * row).ravel()  # (m00 c + m01 r) + b0, in dlib's order
+    x += b0
+    y = (m10 * column + m11 * row).ravel()
+    y += b1
+    left, top = np.floor(x), np.floor(y)
+    x -= left  # now the weight of the right-hand column
+    y -= top  # and of the lower row
+    left, top = left.astype(np.intp), top.astype(np.intp)
+    inside = (left.view(np.uintp) < shape[1] - 1) & (top.view(np.uintp) < shape[0] - 1)
+    corner = top * row_step
+    corner += left
+    return np.where(inside, corner, 0), x, y, inside
 
 
-def _flat_view(pixels: np.ndarray) -> np.ndarray:
-    """A 1-D uint8 view of the memory an (H, W, 3) image spans, from its first pixel: pixel (r, c)
-    colour k is at r s0 + c s1 + k s2 for its strides s (copied first if a stride is negative)."""
-    if min(pixels.strides) < 0:
+def _mixed_rows(quads: np.ndarray, right: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """(3, 2, N) float64: dlib's (1 - ty) ((1 - tx) tl + tx tr) and ty ((1 - tx) bl + tx br), colour by
+    colour, for the (4, N) uint32 pixels tl, bl, tr, br and the weights tx (`right`) and ty (`lower`).
+
+    One array of doubles holds every colour of every neighbour and is worked in place: the weights
+    broadcast along its last axis (numpy's fast case, a long contiguous inner loop), and no temporary
+    the size of it is allocated (arrays of megabytes are mapped fresh from the system, page faults).
+    """
+    values = np.empty((3, 4, quads.shape[1]), dtype=np.float64)
+    for colour in range(3):
+        values[colour] = quads.view(np.uint8)[:, colour::4]
+    values[:, :2] *= 1 - right
+    values[:, 2:] *= right
+    values[:, :2] += values[:, 2:]
+    values[:, 0] *= 1 - lower
+    values[:, 1] *= lower
+    return values[:, :2]
+
+
+def _flat_pixels(pixels: np.ndarray) -> tuple[np.ndarray, int]:
+    """A 1-D uint32 view of the pixels an (H, W, 4) uint8 image spans, from its first, and the step in it
+    from one row to the next (a region of a larger image is read where it lies, not copied)."""
+    if pixels.strides[1:] != (4, 1) or pixels.strides[0] % 4:
         pixels = np.ascontiguousarray(pixels)
-    span = sum((size - 1) * stride for size, stride in zip(pixels.shape, pixels.strides, strict=True)) + 1
-    return np.lib.stride_tricks.as_strided(pixels, shape=(span,), strides=(1,), writeable=False)
-
-
-def _weighted_pair(
-    flat: np.ndarray, corner: np.ndarray, first: int, second: int, weight: np.ndarray
-) -> np.ndarray:
-    """(1 - w) a + w b, in that order, for the pixels a and b at `first` and `second` past `corner`,
-    each converted to doubles whole (arithmetic that mixes uint8 and doubles is buffered)."""
-    values = np.take(flat, corner + first).astype(np.float64)
-    values *= 1 - weight
-    other = np.take(flat, corner + second).astype(np.float64)
-    other *= weight
-    values += other
-    return values
+    row_step = pixels.strides[0] // 4
+    span = (pixels.shape[0] - 1) * row_step + pixels.shape[1]
+    flat = np.lib.stride_tricks.as_strided(
+        pixels.view(np.uint32), shape=(span,), strides=(4,), writeable=False
+    )
+    return flat, row_step

@@ -8,7 +8,9 @@ the shape. Shapes live in the detection rectangle's unit square, so the result f
 Running it matches dlib to the pixel: the same single-precision arithmetic where dlib uses floats, the
 same rounding of feature points to pixels (out-of-image ones read 0), dlib's grey level of an RGB pixel
 ((r + g + b) // 3), and the trees' corrections added in the same order. The work is vectorized over the
-faces of an image and the trees of a level.
+faces of an image and the trees of a level: all node tests of a level at once, each tree's packed into a
+16-bit code that one table lookup turns into its leaf. Pixels are read from the faces' surroundings only
+(see facerec_plugins.dlib.picture), converted once per image and grown if a feature pixel falls outside.
 
 The file stores 1.3 million floats as 3.2 million of dlib's variable-length integers (a float is two of
 them); decoding them one by one in Python takes seconds, so the whole file, which holds nothing but such
@@ -29,13 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from facerec.plugin import FacerecError, cache_dir, write_atomically
+from facerec_plugins.dlib.picture import Box, Picture
 from facerec_plugins.dlib.serialization import EXPONENT_INF, DlibFormatError, DlibReader
 
 VERSION = 1
 CACHE_FORMAT = 1  # the layout of the cached arrays; a new layout gets a new file name
 # How far each byte moves a reader that is at a dlib integer's control byte: itself plus its low nibble.
 INTEGER_STEPS = bytes(1 + (byte & 0x0F) for byte in range(256))
-ROTATED = np.array([-1, 1], dtype=np.float32)  # (c, s) reversed and so signed is the matrix's second column
+CODE_BITS = 16  # node tests per tree in one code: trees of up to 15 nodes (depth 4, dlib's default)
+REACH = 0.35  # how far outside its rectangle, in rectangle sizes, the predictor first reads pixels
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,6 +77,10 @@ class ShapePredictor:
         )
         if not consistent:
             raise ValueError("the predictor's arrays do not fit together")
+        if leaves // trees > CODE_BITS:
+            raise ValueError(
+                f"trees of {leaves // trees} leaves; at most {CODE_BITS} (depth 4) are supported"
+            )
 
     @property
     def trees(self) -> int:
@@ -95,19 +103,47 @@ class ShapePredictor:
         return np.stack([np.stack([x, y], 1).ravel(), np.stack([-y, x], 1).ravel()], 1) / spread
 
     @cached_property
-    def _offsets(self) -> np.ndarray:
-        """(C, 2, K) float32: `deltas` with x and y apart, so that each runs along the feature pixels."""
-        return np.ascontiguousarray(self.deltas.transpose(0, 2, 1))
+    def _offsets(self) -> tuple[np.ndarray, np.ndarray]:
+        """(C, K) and (C, 2, K) float32: the x of `deltas`, and their y as (-y, y), so that each runs
+        along the feature pixels and the turned offset is turn * x + turn reversed * (-y, y)."""
+        dy = self.deltas[..., 1]
+        return np.ascontiguousarray(self.deltas[..., 0]), np.stack([-dy, dy], axis=1)
 
     @cached_property
-    def _whole_thresholds(self) -> np.ndarray:
-        """(C, N * S) int16: for an integer difference d of grey levels, d > t exactly when d > floor(t),
-        so the node tests run on small integers (clipped past the reach of differences, -255 to 255)."""
-        return np.clip(np.floor(self.thresholds), -256, 256).astype(np.int16)
+    def _node_tests(self) -> tuple[np.ndarray, np.ndarray]:
+        """(C, 2, N * 16) intp and (C, N * 16) int16: the feature pixels each node compares and its
+        threshold, every tree padded to 16 nodes by ones that never go left (0 - 0 > 32767 is false), so
+        that a tree's tests pack into one 16-bit code (see `_leaf_of_code`).
 
-    def predict(self, pixels: np.ndarray, rects: np.ndarray) -> np.ndarray:
+        For an integer difference d of grey levels, d > t exactly when d > floor(t), so the tests run
+        on small integers (thresholds clipped past the reach of differences, -255 to 255)."""
+        levels, nodes = self.thresholds.shape
+        pad = ((0, 0), (0, 0), (0, CODE_BITS - nodes // self.trees))
+        splits = np.pad(self.splits.reshape(levels, 2, self.trees, -1), ((0, 0), *pad))
+        whole = np.clip(np.floor(self.thresholds), -256, 256).astype(np.int16)
+        whole = np.pad(whole.reshape(levels, self.trees, -1), pad, constant_values=np.iinfo(np.int16).max)
+        return splits.reshape(levels, 2, -1), whole.reshape(levels, -1)
+
+    @cached_property
+    def _leaf_of_code(self) -> np.ndarray:
+        """(2**16,) uint8: the leaf a tree's walk reaches, for each code whose bit i says whether node i
+        goes left. Nodes are stored breadth first: from node i a walk goes to node 2i + 1 (left) or
+        2i + 2, and past the S nodes it is at leaf i - S. One lookup replaces a gather per depth (and
+        bytes keep the table in cache)."""
+        codes = np.arange(1 << CODE_BITS)
+        node = np.zeros_like(codes)
+        for _ in range(self.depth):
+            node = 2 * node + 2 - ((codes >> node) & 1)
+        return (node - (self.leaves.shape[1] // self.trees - 1)).astype(np.uint8)
+
+    @cached_property
+    def _first_leaves(self) -> np.ndarray:
+        """(N,) intp: each tree's first leaf among the level's leaves."""
+        return np.arange(self.trees) * (self.leaves.shape[1] // self.trees)
+
+    def predict(self, picture: Picture, rects: np.ndarray) -> np.ndarray:
         """The points (F, P, 2), integer pixels as dlib rounds them, for F dlib rectangles (F, 4) of
-        (left, top, right, bottom), inclusive, in the (H, W, 3) uint8 RGB image `pixels`.
+        (left, top, right, bottom), inclusive, in `picture`.
 
         Each level is a few dozen numpy operations on all faces at once, laid out so that every one
         runs along a long axis (feature pixels, trees) rather than a short one (x and y).
@@ -115,11 +151,10 @@ class ShapePredictor:
         rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
         corner, extent = rects[:, :2, None], (rects[:, 2:] - rects[:, :2])[:, :, None]
         shapes = np.repeat(self.initial_shape[None], len(rects), axis=0)
-        image = _Image(np.ascontiguousarray(pixels))
-        trees = _Trees(len(rects), self.trees, self.thresholds.shape[1])
+        image = _Image(picture, _surroundings(rects))
         for level in range(len(self.anchors)):
             intensities = image.grey(self._feature_pixels(corner, extent, shapes, level))
-            shapes = self._corrected(shapes, intensities, trees, level)
+            shapes = self._corrected(shapes, intensities, level)
         points = np.floor(extent * shapes.transpose(0, 2, 1) + corner + 0.5)
         return points.transpose(0, 2, 1).astype(np.int64)
 
@@ -128,20 +163,23 @@ class ShapePredictor:
     ) -> np.ndarray:
         """(F, 2, K) the level's feature pixels (x, then y) placed on the current shapes, in the image."""
         turn = (shapes.reshape(len(shapes), -1).astype(np.float64) @ self._turning).astype(np.float32)
-        dx, dy = self._offsets[level]
+        dx, dy = (offsets[level] for offsets in self._offsets)
         # dlib's float arithmetic: each coordinate m0 * dx + m1 * dy, plus the anchor point
         placed = turn[:, :, None] * dx
-        placed += (turn[:, ::-1] * ROTATED)[:, :, None] * dy
+        placed += turn[:, ::-1, None] * dy
         placed += np.take(shapes.transpose(0, 2, 1), self.anchors[level], axis=2)
-        return np.floor(extent * placed + corner + 0.5).astype(np.intp)
+        pixels = extent * placed
+        pixels += corner
+        pixels += 0.5
+        return np.floor(pixels, out=pixels).astype(np.intp)
 
-    def _corrected(
-        self, shapes: np.ndarray, intensities: np.ndarray, trees: _Trees, level: int
-    ) -> np.ndarray:
+    def _corrected(self, shapes: np.ndarray, intensities: np.ndarray, level: int) -> np.ndarray:
         """The shapes after every tree of the level has added the correction at the leaf it reaches."""
-        pairs = np.take(intensities, self.splits[level], axis=1)
-        goes_left = pairs[:, 0] - pairs[:, 1] > self._whole_thresholds[level]
-        leaves = trees.leaves(goes_left, self.depth)
+        splits, thresholds = self._node_tests
+        pairs = np.take(intensities, splits[level], axis=1)
+        goes_left = pairs[:, 0] - pairs[:, 1] > thresholds[level]
+        codes = np.packbits(goes_left, axis=None, bitorder="little").view(np.uint16)
+        leaves = np.take(self._leaf_of_code, codes).reshape(len(shapes), -1) + self._first_leaves
         # dlib adds the trees' corrections one after the other in single precision. numpy's sum along
         # an axis that is not the fastest in memory adds the rows in order, as dlib does (along the
         # fastest it would sum pairwise): the trees go along the first axis.
@@ -151,52 +189,63 @@ class ShapePredictor:
         return np.add.reduce(terms, axis=0).reshape(shapes.shape)
 
 
-class _Image:
-    """An (H, W, 3) uint8 RGB image read at feature pixels."""
+def _surroundings(rects: np.ndarray) -> Box:
+    """The box around all `rects` (F, 4) that their feature pixels reach in practice (a third of the
+    rectangle's size outside it holds those of every face in the benchmark's photos, and the chips cut
+    from them); the predictor reads more only when a level needs it."""
+    margin = REACH * (rects[:, 2:] - rects[:, :2])
+    low = np.floor(rects[:, :2] - margin).min(axis=0)
+    high = np.ceil(rects[:, 2:] + margin).max(axis=0)
+    return int(low[0]), int(low[1]), int(high[0]), int(high[1])
 
-    def __init__(self, pixels: np.ndarray) -> None:
-        self.rgb = pixels.reshape(-1, 3)
-        self.width = pixels.shape[1]
-        self.bounds = np.array([[pixels.shape[1]], [pixels.shape[0]]], dtype=np.uintp)
+
+class _Image:
+    """A picture's grey levels at feature pixels, read from a region of it converted once: the faces'
+    surroundings, grown when a feature pixel inside the image falls outside them."""
+
+    def __init__(self, picture: Picture, box: Box) -> None:
+        self.picture = picture
+        self.size = np.array([[picture.width], [picture.height]], dtype=np.uintp)
+        self._read(box)
+
+    def _read(self, box: Box) -> None:
+        self.box = self.picture.clip(box)
+        left, top, right, bottom = self.box or (0, 0, -1, -1)
+        pixels = self.picture.region(self.box) if self.box else np.zeros((1, 1, 4), dtype=np.uint8)
+        self.pixels = np.ascontiguousarray(pixels).view(np.uint32).reshape(-1)
+        self.width = right - left + 1
+        self.origin = np.array([[left], [top]], dtype=np.intp)
+        self.bounds = np.array([[self.width], [bottom - top + 1]], dtype=np.uintp)
 
     def grey(self, points: np.ndarray) -> np.ndarray:
         """(F, K) int16: dlib's grey level (r + g + b) // 3 at integer points (F, 2: x and y, K); 0 at
         points outside the image, as dlib reads them."""
-        inside = points.view(np.uintp) < self.bounds  # a negative coordinate wraps past any bound
+        local = points - self.origin
+        inside = local.view(np.uintp) < self.bounds  # a negative coordinate wraps past any bound
         inside = inside[:, 0] & inside[:, 1]
-        index = points[:, 1] * self.width
-        index += points[:, 0]
-        rgb = np.take(self.rgb, np.where(inside, index, 0), axis=0)
-        grey = (rgb[..., 0].astype(np.int16) + rgb[..., 1] + rgb[..., 2]) // 3
+        if not inside.all() and self._grown(points, inside):
+            return self.grey(points)
+        index = local[:, 1] * self.width
+        index += local[:, 0]
+        # a point outside the region reads some pixel of it ("clip"), and 0 in the end
+        rgbx = np.take(self.pixels, index, mode="clip").view(np.uint8).reshape(*index.shape, 4)
+        grey = (rgbx[..., 0].astype(np.int16) + rgbx[..., 1] + rgbx[..., 2]) // 3
         return np.where(inside, grey, np.int16(0))
 
-
-class _Trees:
-    """The trees of a level walked by F faces at once.
-
-    A tree's S nodes are stored breadth first: from node i a face goes to node 2i + 1 (left) or 2i + 2,
-    and past node S - 1 it is at a leaf. All node tests of a level are one flat array (F x N trees x S),
-    so where each node leads is one subtraction for all of them (`following`), and a walk down is one
-    gather per depth, of one position per face and tree.
-    """
-
-    def __init__(self, faces: int, trees: int, nodes: int) -> None:
-        splits = nodes // trees
-        tree = np.arange(trees)
-        self.roots = (tree * splits + np.arange(faces)[:, None] * nodes).ravel()
-        # the position of node 2i + 2 of the tree that node i (at position root + i) belongs to
-        self.right = (self.roots.reshape(faces, trees, 1) + 2 * np.arange(splits) + 2).ravel()
-        # a position root + i past the nodes (i >= S) is leaf i - S of that tree among the level's leaves
-        self.to_leaf = (np.tile(tree * (splits + 1) - splits, faces) - self.roots).reshape(faces, trees)
-
-    def leaves(self, goes_left: np.ndarray, depth: int) -> np.ndarray:
-        """(F, N) the leaf (among all the level's) each face reaches in each tree, for the node tests
-        `goes_left` (F, N x S)."""
-        following = self.right - goes_left.ravel()
-        position = self.roots
-        for _ in range(depth):
-            position = np.take(following, position)
-        return position.reshape(self.to_leaf.shape) + self.to_leaf
+    def _grown(self, points: np.ndarray, read: np.ndarray) -> bool:
+        """Whether some of `points` lie in the image but not in the region `read` covers; if so, the
+        region grows to cover them."""
+        in_image = points.view(np.uintp) < self.size
+        missing = in_image[:, 0] & in_image[:, 1] & ~read
+        if not missing.any():
+            return False
+        xs, ys = points[:, 0][missing], points[:, 1][missing]
+        left, top, right, bottom = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+        if self.box is not None:
+            left, top = min(left, self.box[0]), min(top, self.box[1])
+            right, bottom = max(right, self.box[2]), max(bottom, self.box[3])
+        self._read((left, top, right, bottom))
+        return True
 
 
 def _power_of_two(value: int) -> bool:

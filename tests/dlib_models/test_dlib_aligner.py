@@ -127,6 +127,32 @@ def test_faces_predicted_together_get_the_landmarks_each_gets_alone(photos):
         assert together == [five_point_landmarks(photo["image"], [face])[0] for face in faces], photo["name"]
 
 
+def test_landmarks_do_not_depend_on_how_much_of_the_image_is_read_first(photos, monkeypatch):
+    """The predictor reads the faces' surroundings and grows them when a feature pixel falls outside:
+    reading from nothing (growing at once) or from the whole image gives the same landmarks."""
+    for photo in photos:
+        faces = [face_of(rect) for rect in photo["rects"]]
+        faces += [
+            Face(box=(x1 - 0.3 * (x2 - x1), y1, x2, y2 + 9.5)) for x1, y1, x2, y2 in (f.box for f in faces)
+        ]
+        default = five_point_landmarks(photo["image"], faces)
+        for reach in (-0.5, 10.0):
+            monkeypatch.setattr("facerec_plugins.dlib.shape.REACH", reach)
+            assert five_point_landmarks(photo["image"], faces) == default, (photo["name"], reach)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK"])
+def test_images_of_other_modes_align_as_their_rgb_conversion(photos, mode):
+    photo = photos[2]  # six faces
+    image = photo["image"].convert(mode)
+    faces = [face_of(rect) for rect in photo["rects"]]
+    rgb = image.convert("RGB")
+    assert five_point_landmarks(image, faces) == five_point_landmarks(rgb, faces)
+    aligner = DlibFivePoint()
+    for ours, theirs in zip(aligner.align(image, faces, 150), aligner.align(rgb, faces, 150), strict=True):
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+
+
 @pytest.mark.parametrize(("size", "padding"), [(150, 0.25), (100, 0.5)])
 def test_chips_match_dlib(photos, size, padding):
     aligner = DlibFivePoint(padding=padding)
