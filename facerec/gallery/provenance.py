@@ -107,7 +107,9 @@ class Provenance:
             p.int8_network["xxh3_128"] for p in (self, other) if p.precision == INT8 and p.int8_network
         ]
         comparable = self.accepts(other.precision) or other.accepts(self.precision)
-        return replace(self, **ignored) == replace(other, **ignored) and comparable and len(set(networks)) <= 1
+        return (
+            replace(self, **ignored) == replace(other, **ignored) and comparable and len(set(networks)) <= 1
+        )
 
 
 def same_person_distance(recorded: Provenance | None, made: Provenance) -> float | None:
