@@ -6,6 +6,10 @@ file is read with the `onnx` package's own reader (the protobuf schema; the extr
 installs it): every node becomes a torch module holding its initializers as parameters, and the
 module's forward runs the nodes in the graph's order (ONNX requires it to be topological), freeing each
 intermediate value after its last use so that memory holds a few feature maps, not the whole graph's.
+Rewrites save work and give the same values (to float32 rounding): a Relu that alone reads a
+convolution's output is applied in place by that convolution (`Convolution`, which also picks the
+fastest way to run it), a transposed convolution that paints blocks runs as a matrix product
+(`Upsampling`), and an Add writes its sum over an input that no other node reads.
 
 The operators are those such networks use (2-D convolutions and transposed convolutions, inference
 batch normalization, ReLU, sigmoid, addition), each with its ONNX semantics; a file using any other
@@ -79,10 +83,86 @@ class OnnxGraph(nn.Module):
 
 
 class Add(nn.Module):
-    """ONNX `Add` of two computed values (numpy broadcasting, as torch's)."""
+    """ONNX `Add` of two computed values (numpy broadcasting, as torch's). `owned`: the input (0 or 1)
+    that nothing else reads, into which the sum is written when it has the sum's shape and type: one map
+    not allocated (a fresh map costs page faults as well as its pass); None: a new tensor."""
+
+    def __init__(self, owned: int | None = None) -> None:
+        super().__init__()
+        self.owned = owned
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.owned is not None and a.shape == b.shape and a.dtype == b.dtype:
+            return a.add_(b) if self.owned == 0 else b.add_(a)
         return a + b
+
+
+class Convolution(nn.Module):
+    """An ONNX `Conv`, and the `Relu` that alone reads its output when `relu`, run the fastest way torch
+    has on the CPU for the same values (to float32 rounding).
+
+    torch's CPU convolutions run on oneDNN, which builds (compiles) a kernel for every layer at every
+    new input size: about a millisecond a layer, more than the layer's work at a photo's size, paid
+    again for each photo of a new size. A 1 x 1 convolution of a float32 channels-last picture is a
+    matrix product over its pixels, done by BLAS with no such building, so it runs as one (addmm).
+    Other convolutions, and every one on other devices, in other types or under autocast, are the
+    module's own; the ReLU is applied in place, no new map allocated."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool) -> None:
+        super().__init__()
+        self.conv, self.relu = conv, relu
+        self.pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+        self.pointwise &= conv.padding == (0, 0) and conv.bias is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        if self.pointwise and _blas_takes(x):
+            n, channels, height, width = x.shape
+            pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view: channels-last memory
+            y = torch.addmm(conv.bias, pixels, conv.weight.view(conv.out_channels, channels).t())
+            y = y.view(n, height, width, -1).permute(0, 3, 1, 2)  # channels-last again, a view
+        else:
+            y = conv(x)
+        return y.relu_() if self.relu else y
+
+
+class Upsampling(nn.Module):
+    """An ONNX `ConvTranspose` whose kernel is its stride, without padding, groups or dilation (CenterFace's
+    2x upsampling): each input pixel paints its own block of output pixels. On a float32 channels-last
+    CPU picture it runs as one matrix product whose rows are the blocks, reshuffled into place: torch's
+    own transposed convolution there is a generic path that fills and folds a large buffer at every
+    call. Elsewhere, torch's. The same values, to float32 rounding."""
+
+    def __init__(self, conv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        self.conv = conv
+        self.blocks = conv.kernel_size == conv.stride and conv.groups == 1 and conv.dilation == (1, 1)
+        self.blocks &= conv.padding == (0, 0) and conv.output_padding == (0, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        if not (self.blocks and _blas_takes(x)):
+            return conv(x)
+        n, channels, height, width = x.shape
+        rows, columns = conv.kernel_size
+        weight = conv.weight.permute(0, 2, 3, 1).reshape(channels, -1)  # (in, row, column, out) per input
+        blocks = x.permute(0, 2, 3, 1).reshape(-1, channels) @ weight
+        blocks = blocks.view(n, height, width, rows, columns, -1).permute(0, 1, 3, 2, 4, 5)
+        y = blocks.reshape(n, height * rows, width * columns, -1)
+        if conv.bias is not None:
+            y += conv.bias
+        return y.permute(0, 3, 1, 2)  # channels-last, a view
+
+
+def _blas_takes(x: torch.Tensor) -> bool:
+    """Whether `x` is a float32 channels-last CPU picture outside autocast, which BLAS's float32 matrix
+    products take as it lies."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 def load_graph(path: str | Path) -> OnnxGraph:
@@ -121,7 +201,39 @@ def load_graph(path: str | Path) -> OnnxGraph:
         except _Unsupported as error:
             raise FacerecError(f"{path}: {error}") from None
         wiring.append(([name for name in node.inputs if name and name not in constants], proto.output[0]))
-    return OnnxGraph(layers, wiring, inputs, outputs).eval()
+    return OnnxGraph(*_fuse(layers, wiring, inputs + outputs), inputs, outputs).eval()
+
+
+def _fuse(
+    layers: list[nn.Module], wiring: list[tuple[list[str], str]], kept: list[str]
+) -> tuple[list[nn.Module], list[tuple[list[str], str]]]:
+    """The module docstring's rewrites. `kept`: the graph's inputs and outputs, never overwritten."""
+    readers = Counter([name for reads, _ in wiring for name in reads] + kept)
+    producers = {writes: position for position, (_, writes) in enumerate(wiring)}
+    dropped: set[int] = set()
+    for position, (layer, (reads, writes)) in enumerate(zip(layers, wiring, strict=True)):
+        source = producers.get(reads[0]) if reads else None
+        if type(layer) is nn.Conv2d:
+            layers[position] = Convolution(layer, relu=False)
+        elif type(layer) is nn.ConvTranspose2d:
+            layers[position] = Upsampling(layer)
+        elif (
+            isinstance(layer, nn.ReLU)
+            and source is not None
+            and isinstance(layers[source], Convolution)
+            and readers[reads[0]] == 1
+        ):
+            layers[source].relu = True
+            wiring[source] = (wiring[source][0], writes)
+            producers[writes] = source
+            dropped.add(position)
+        elif isinstance(layer, Add):
+            owned = [index for index, name in enumerate(reads) if name in producers and readers[name] == 1]
+            layer.owned = owned[0] if owned else None
+    kept_positions = [position for position in range(len(layers)) if position not in dropped]
+    return [layers[position] for position in kept_positions], [
+        wiring[position] for position in kept_positions
+    ]
 
 
 class _Unsupported(Exception):

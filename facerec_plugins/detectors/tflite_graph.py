@@ -73,7 +73,9 @@ class TfliteGraph(nn.Module):
                 raise ValueError(f"this graph takes inputs of shape (N, {', '.join(map(str, shape))})")
         values = dict(zip(self.inputs, inputs, strict=True))
         for layer, (reads, writes), frees in zip(self.layers, self.wiring, self.frees, strict=True):
-            values[writes] = layer(*(values[index] for index in reads))
+            # forward, not __call__: module hooks (bf16 autocast's) wrap the graph's call, and skipping
+            # them per layer saves a few microseconds each, a millisecond of a 128-pixel network's five
+            values[writes] = layer.forward(*(values[index] for index in reads))
             for index in frees:
                 del values[index]
         return tuple(values[index] for index in self.outputs)
@@ -106,6 +108,7 @@ def load_graph(path: str | Path) -> TfliteGraph:
     outputs = [graph.Outputs(i) for i in range(graph.OutputsLength())]
     shapes = [_torch_shape(reader.shape(index))[1:] for index in inputs]
     layers, wiring = _fuse_relus(layers, wiring, outputs)
+    layers, wiring = _fold_channel_pads(layers, wiring, inputs + outputs)
     return TfliteGraph(layers, wiring, inputs, outputs, shapes).eval().to(memory_format=torch.channels_last)
 
 
@@ -132,6 +135,38 @@ def _fuse_relus(
             continue
         kept.append(position)
     return [layers[position] for position in kept], [wiring[position] for position in kept]
+
+
+def _fold_channel_pads(
+    layers: list[nn.Module], wiring: list[tuple[list[int], int]], kept: list[int]
+) -> tuple[list[nn.Module], list[tuple[list[int], int]]]:
+    """Each ADD writes its sum over an input nothing else reads (`kept`: the graph's inputs and outputs,
+    never overwritten), and takes in a PAD of zero channels after the last (BlazeFace's shortcuts widen
+    so) that only it reads, adding the unpadded value to the leading channels: the same sums, two fresh
+    feature maps and the padding's pass fewer (a fresh map costs page faults as well as its pass)."""
+    readers = Counter([index for reads, _ in wiring for index in reads] + kept)
+    producers = {writes: position for position, (_, writes) in enumerate(wiring)}
+    dropped: set[int] = set()
+    for position, (layer, (reads, _)) in enumerate(zip(layers, wiring, strict=True)):
+        if not isinstance(layer, Add):
+            continue
+        for slot, index in enumerate(reads):
+            pad = layers[producers[index]] if index in producers else None
+            if isinstance(pad, Pad) and readers[index] == 1 and not any(pad.pads[:-1]):
+                dropped.add(producers[index])
+                layer.widen = True
+                other = reads[1 - slot]
+                reads = [other, wiring[producers[index]][0][0]]
+                break
+        owned = [index in producers and readers[index] == 1 for index in reads]
+        if not layer.widen and owned == [False, True]:
+            reads, owned = reads[::-1], owned[::-1]  # a + b is b + a, to the bit
+        layer.in_place = owned[0]
+        wiring[position] = (reads, wiring[position][1])
+    kept_positions = [position for position in range(len(layers)) if position not in dropped]
+    return [layers[position] for position in kept_positions], [
+        wiring[position] for position in kept_positions
+    ]
 
 
 @dataclass
@@ -281,7 +316,7 @@ class Windowed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre_pad is not None:
             x = F.pad(x, self.pre_pad, value=self.fill)
-        return self.activation(self.body(x))
+        return self.activation.forward(self.body.forward(x))  # forward: as TfliteGraph.forward says
 
 
 def _convolution(op: Operator) -> nn.Module:
@@ -333,14 +368,23 @@ def _max_pool(op: Operator) -> nn.Module:
 
 
 class Add(nn.Module):
-    """ADD of two computed values (broadcasting as TFLite's), then its fused activation."""
+    """ADD of two computed values of one shape, then its fused activation. `in_place`: the first value
+    is this operator's alone, and the sum is written over it; `widen`: the second value is a channel PAD's
+    input, the first's leading channels (the padding's zeros leave the rest as they are)."""
 
     def __init__(self, activation: nn.Module) -> None:
         super().__init__()
         self.activation = activation
+        self.in_place = self.widen = False
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.activation(a + b)
+        in_place = self.in_place and a.dtype == b.dtype  # under autocast a sum may widen the type
+        if self.widen:
+            total = a if in_place else a.clone()
+            total[:, : b.shape[1]] += b
+        else:
+            total = a.add_(b) if in_place else a + b
+        return self.activation.forward(total)
 
 
 def _add(op: Operator) -> nn.Module:
