@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_embed import busy_cpu_seconds, cpu_line, mtcnn_home, wait_for_idle
+from bench_embed import busy_cpu_seconds, cpu_line, ensure_peer, mtcnn_home, wait_for_idle
 from fastapi import FastAPI, UploadFile  # at module level: the handler's annotations are read from here
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,6 +296,7 @@ def main() -> None:
         serve_baseline(Path(args.baseline[0]), Path(args.baseline[1]), args.baseline[2])
         return
 
+    ensure_peer()  # the baseline's facenet-pytorch
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as temp:
         people, gallery, weights, env, photos = prepare(Path(temp), args.size, args.detector)
         serve = [
