@@ -368,9 +368,10 @@ def _max_pool(op: Operator) -> nn.Module:
 
 
 class Add(nn.Module):
-    """ADD of two computed values of one shape, then its fused activation. `in_place`: the first value
-    is this operator's alone, and the sum is written over it; `widen`: the second value is a channel PAD's
-    input, the first's leading channels (the padding's zeros leave the rest as they are)."""
+    """ADD of two computed values (broadcasting as TFLite's), then its fused activation. `in_place`: the
+    first value is this operator's alone, and a sum of its shape and type is written over it; `widen`:
+    the second value is a channel PAD's input, the first's leading channels (the padding's zeros leave
+    the rest as they are)."""
 
     def __init__(self, activation: nn.Module) -> None:
         super().__init__()
@@ -378,7 +379,8 @@ class Add(nn.Module):
         self.in_place = self.widen = False
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        in_place = self.in_place and a.dtype == b.dtype  # under autocast a sum may widen the type
+        # under autocast a sum may widen the type; a broadcast sum may be larger than `a`
+        in_place = self.in_place and a.dtype == b.dtype and (self.widen or a.shape == b.shape)
         if self.widen:
             total = a if in_place else a.clone()
             total[:, : b.shape[1]] += b
