@@ -156,6 +156,8 @@ class Server:
                 self.url = found.group(1)
                 break
         if self.url is None:
+            self.process.kill()
+            self.process.wait()
             raise SystemExit(f"{' '.join(command)} did not start")
         threading.Thread(target=self.process.stderr.read, daemon=True).start()  # keep the pipe flowing
 
@@ -316,8 +318,10 @@ def main() -> None:
             BATCHING_OFF: [*serve, "--max-batch", "1", "--max-detect-batch", "1"],
             BASELINE: [sys.executable, __file__, "--baseline", str(people), str(weights), args.detector],
         }  # fmt: skip
-        servers = {side: Server(command, env) for side, command in sides.items()}
+        servers: dict[str, Server] = {}
         try:
+            for side, command in sides.items():  # one at a time: those started are stopped if one fails
+                servers[side] = Server(command, env)
             cells = measure(servers, photos, args)
             memory = soak(servers[BATCHING_ON], photos, args.soak) if args.soak else None
         finally:

@@ -23,12 +23,18 @@ from support.seeded_weights import make_seeded_weights
 # (calibrating int8 first): seconds in every test with a fresh cache. The session runs at fp32 instead;
 # tests/pipeline/test_precision.py clears this to test auto.
 os.environ.setdefault("FACEREC_PRECISION", "fp32")
-# The workers share the cores: each process (a worker, the CLI runs it starts) takes its share of threads,
-# as oversubscribed OpenMP threads spin against each other. The processes started from here read the
-# variable; this worker imported torch above, before it was set, so it is told too.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The workers share the cores: each process (a worker, the CLI runs it starts) takes its share of
+    threads, as oversubscribed OpenMP threads spin against each other. The processes started from here
+    read OMP_NUM_THREADS; this worker imported torch before, so it is told too. Not in pytest-xdist's
+    controller, whose environment the workers inherit: the count is known in each worker."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers is None and config.getoption("numprocesses", None):
+        return  # the controller
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // (workers or 1))))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
