@@ -13,6 +13,7 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 # One worker per core and one more (at most 4), as the workers often wait on servers and subprocesses;
 # each test file runs whole in one worker, so its module fixtures (an indexed gallery, a calibrated
 # network) are made once.
