@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,6 +31,7 @@ class Forked:
 
     def __init__(self, path: str, args: list[str], env: dict[str, str], cwd: str, fds: list[int]) -> None:
         self.args = args
+        self.log = os.path.join(os.path.dirname(path), "zygote.log")
         self.returncode: int | None = None
         self.conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.conn.connect(path)
@@ -41,7 +43,7 @@ class Forked:
         self.conn.settimeout(timeout)
         message = self.conn.recv(4096)
         if not message:
-            raise RuntimeError("the zygote has gone (its log: the worker's zygote-*.log)")
+            raise RuntimeError(f"the zygote has gone (its log: {self.log})")
         return json.loads(message)
 
     def poll(self) -> int | None:
@@ -91,7 +93,8 @@ class Zygote:
         )
         if process.stdout.readline() != b"ready\n":
             raise RuntimeError(f"the zygote did not start: {Path(log.name).read_text()}")
-        atexit.register(process.stdin.close)  # its stdin closing ends it
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        atexit.register(process.stdin.close)  # its stdin closing ends it (atexit runs this first)
         return path
 
 

@@ -35,12 +35,13 @@ class Server:
 
     def _drain(self) -> None:
         """Keep every line the server prints; note its address from the first line that gives it."""
-        for line in self.stream:
-            self.lines.append(line)
-            found = ADDRESS.match(line)
-            if found and self.url is None:
-                self.url = found.group(1)
-                self._started.set()
+        with self.stream:
+            for line in self.stream:
+                self.lines.append(line)
+                found = ADDRESS.match(line)
+                if found and self.url is None:
+                    self.url = found.group(1)
+                    self._started.set()
         self._started.set()  # the output ended: the server is gone
 
     @property
