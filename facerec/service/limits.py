@@ -2,8 +2,10 @@
 body may be, how long it may take to arrive, how many may be arriving at once, how many requests may
 wait for the models, and how many decoded pixels may be in memory at once.
 
-A request body is refused as soon as that is known, and the connection closed (its unread rest is never
-read):
+A request body is refused as soon as that is known, and the connection closed once the answer is sent
+(the rest of the body is read and dropped for a moment first, as RFC 9112 section 9.6 asks: closing
+with unread bytes resets the connection, and a reset can reach the client before it has read the
+answer):
 
 - 413 over `--max-upload`: at once when its Content-Length says so, else when the bytes received pass
   the limit;
@@ -36,7 +38,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facerec.errors import UsageError
@@ -46,6 +47,8 @@ UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mi
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 RETRY_AFTER_S = 1
 MIN_BODY_RATE = 64_000  # bytes a second a body must average beyond its first --read-timeout seconds
+LINGER_S = 2.0  # seconds at most a refused body's rest is read and dropped after the answer
+LINGER_IDLE_S = 0.5  # ... ending sooner once the client sends nothing for this long
 
 
 class Admission:
@@ -155,11 +158,11 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await _refusal(413, _too_large(self.max_bytes))(scope, receive, send)
+            await _refuse(receive, send, 413, _too_large(self.max_bytes))
             return
         if self.receiving >= self.max_uploads:
             busy = f"server busy: {self.max_uploads} uploads are already being received; try again"
-            await _refusal(503, busy, {"Retry-After": str(RETRY_AFTER_S)})(scope, receive, send)
+            await _refuse(receive, send, 503, busy, {"Retry-After": str(RETRY_AFTER_S)})
             return
         body = _Body(self, receive, send)
         self.receiving += 1
@@ -171,7 +174,7 @@ class BodyGuard:
         finally:
             body.finish()
         if body.refusal is not None and not body.answered:
-            await _refusal(*body.refusal)(scope, receive, send)
+            await _refuse(receive, send, *body.refusal)
 
 
 class _Body:
@@ -235,7 +238,20 @@ def _too_large(limit: int) -> str:
     return f"the request body is larger than --max-upload ({limit} bytes)"
 
 
-def _refusal(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The answer to a refused body; the connection is closed after it, since the rest of the body
-    was never read."""
-    return error_response(status, message, {**(headers or {}), "Connection": "close"})
+async def _refuse(
+    receive: Receive, send: Send, status: int, message: str, headers: dict[str, str] | None = None
+) -> None:
+    """Answer a refused body, then read and drop what the client goes on sending (LINGER_S at most,
+    LINGER_IDLE_S without a byte) before the connection is closed. The answer's Content-Length tells
+    the client where it ends; its body is only finished, and the connection closed, after that."""
+    answer = error_response(status, message, {**(headers or {}), "Connection": "close"})
+    await send({"type": "http.response.start", "status": status, "headers": answer.raw_headers})
+    await send({"type": "http.response.body", "body": answer.body, "more_body": True})
+    end = time.monotonic() + LINGER_S
+    with contextlib.suppress(asyncio.TimeoutError):
+        while True:
+            wait = min(LINGER_IDLE_S, end - time.monotonic())
+            message = await asyncio.wait_for(receive(), max(wait, 0))
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+    await send({"type": "http.response.body", "body": b""})

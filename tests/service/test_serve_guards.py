@@ -1,6 +1,7 @@
 """`facerec serve` against hostile clients: a real server process on 127.0.0.1, raw sockets and a real
 HTTP client. Names in paths follow `facerec index`'s rule (NFC, refusals); a body that stops coming is
-answered 408 and its connection closed; uploads being received at once are bounded (503); the access
+answered 408 and its connection closed; a refused body still being sent gets its answer, not a reset;
+uploads being received at once are bounded (503); the access
 log never shows a query string; decoded pixels in flight are bounded (413, 503).
 
 The server has short bounds, set on its command line, so that each test takes seconds: `--read-timeout
@@ -10,6 +11,7 @@ The server has short bounds, set on its command line, so that each test takes se
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
@@ -293,3 +295,21 @@ def test_an_image_waits_for_room_up_to_the_bound():
     ):
         pass
     assert whole.value.status == 413 and impatient.in_flight == 0
+
+
+def test_a_refused_upload_still_being_sent_gets_its_answer_not_a_reset(server):
+    """Closing a connection with unread bytes resets it, and a reset can reach the client before it has
+    read the answer: the server reads and drops the rest for a moment before it closes."""
+    for _ in range(5):
+        client = started(server, 30_000_000, PART)  # over --max-upload: refused at once
+        sender = threading.Thread(target=send_until_closed, args=(client, 30_000_000))
+        sender.start()
+        status, headers, body = answer_then_close(client)
+        sender.join(timeout=30)
+        assert status == 413 and headers["connection"] == "close", body
+        assert "larger than --max-upload" in body
+
+
+def send_until_closed(client: socket.socket, size: int) -> None:
+    with contextlib.suppress(OSError):  # the server may close before it has all
+        client.sendall(b"x" * size)
