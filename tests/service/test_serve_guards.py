@@ -1,8 +1,8 @@
 """`facerec serve` against hostile clients: a real server process on 127.0.0.1, raw sockets and a real
 HTTP client. Names in paths follow `facerec index`'s rule (NFC, refusals); a body that stops coming is
 answered 408 and its connection closed; a refused body still being sent gets its answer, not a reset;
-uploads being received at once are bounded (503); the access
-log never shows a query string; decoded pixels in flight are bounded (413, 503).
+uploads being received at once are bounded (503); the access log never shows a query string; decoded
+pixels in flight are bounded (413, 503).
 
 The server has short bounds, set on its command line, so that each test takes seconds: `--read-timeout
 2`, `--max-uploads 2`, `--max-pixels-in-flight 70000000` and `--pixel-wait 0`, with `--detector none`
