@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from facerec.plugin import FacerecError
+from facerec_plugins.detectors.pointwise import blas_takes, is_pointwise, pointwise
 
 
 @dataclass(frozen=True)
@@ -98,31 +99,18 @@ class Add(nn.Module):
 
 
 class Convolution(nn.Module):
-    """An ONNX `Conv`, and the `Relu` that alone reads its output when `relu`, run the fastest way torch
-    has on the CPU for the same values (to float32 rounding).
-
-    torch's CPU convolutions run on oneDNN, which builds (compiles) a kernel for every layer at every
-    new input size: about a millisecond a layer, more than the layer's work at a photo's size, paid
-    again for each photo of a new size. A 1 x 1 convolution of a float32 channels-last picture is a
-    matrix product over its pixels, done by BLAS with no such building, so it runs as one (addmm).
-    Other convolutions, and every one on other devices, in other types or under autocast, are the
-    module's own; the ReLU is applied in place, no new map allocated."""
+    """An ONNX `Conv`, and the `Relu` that alone reads its output when `relu`. A 1 x 1 convolution of a
+    float32 channels-last CPU picture runs as a matrix product (facerec_plugins.detectors.pointwise);
+    other convolutions, and every one on other devices, in other types or under autocast, are the
+    module's own. The ReLU is applied in place, no new map allocated."""
 
     def __init__(self, conv: nn.Conv2d, relu: bool) -> None:
         super().__init__()
         self.conv, self.relu = conv, relu
-        self.pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
-        self.pointwise &= conv.padding == (0, 0) and conv.bias is not None
+        self.pointwise = is_pointwise(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv
-        if self.pointwise and _blas_takes(x):
-            n, channels, height, width = x.shape
-            pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view: channels-last memory
-            y = torch.addmm(conv.bias, pixels, conv.weight.view(conv.out_channels, channels).t())
-            y = y.view(n, height, width, -1).permute(0, 3, 1, 2)  # channels-last again, a view
-        else:
-            y = conv(x)
+        y = pointwise(self.conv, x) if self.pointwise and blas_takes(x) else self.conv(x)
         return y.relu_() if self.relu else y
 
 
@@ -141,7 +129,7 @@ class Upsampling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
-        if not (self.blocks and _blas_takes(x)):
+        if not (self.blocks and blas_takes(x)):
             return conv(x)
         n, channels, height, width = x.shape
         rows, columns = conv.kernel_size
@@ -152,17 +140,6 @@ class Upsampling(nn.Module):
         if conv.bias is not None:
             y += conv.bias
         return y.permute(0, 3, 1, 2)  # channels-last, a view
-
-
-def _blas_takes(x: torch.Tensor) -> bool:
-    """Whether `x` is a float32 channels-last CPU picture outside autocast, which BLAS's float32 matrix
-    products take as it lies."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and x.is_contiguous(memory_format=torch.channels_last)
-    )
 
 
 def load_graph(path: str | Path) -> OnnxGraph:

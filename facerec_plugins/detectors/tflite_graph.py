@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facerec.plugin import FacerecError
+from facerec_plugins.detectors.pointwise import blas_takes, is_pointwise, pointwise
 
 NHWC_TO_NCHW = (0, 3, 1, 2)  # permute(*NHWC_TO_NCHW) turns TFLite's axis order into torch's
 NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1}  # TFLite's axis a of a 4-D value is torch's axis NCHW_AXIS[a]
@@ -303,7 +304,9 @@ def _padding(op: Operator, options, kernel: tuple[int, int], dilation: tuple[int
 class Windowed(nn.Module):
     """A windowed operator (convolution, pooling) with TFLite's padding and fused activation.
 
-    Symmetric padding goes to the operator itself; uneven padding is applied first with `fill`.
+    Symmetric padding goes to the operator itself; uneven padding is applied first with `fill`. A 1 x 1
+    convolution of a float32 channels-last CPU picture runs as a matrix product
+    (facerec_plugins.detectors.pointwise): 0.4 ms of BlazeFace's 5 ms a frame, one frame at a time.
     """
 
     def __init__(self, body: nn.Module, padding: list[int], activation: nn.Module, fill: float = 0.0) -> None:
@@ -312,10 +315,13 @@ class Windowed(nn.Module):
         self.pre_pad = None if (top == bottom and left == right) else (left, right, top, bottom)
         self.fill = fill
         self.body, self.activation = body, activation
+        self.pointwise = isinstance(body, nn.Conv2d) and is_pointwise(body)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre_pad is not None:
             x = F.pad(x, self.pre_pad, value=self.fill)
+        if self.pointwise and blas_takes(x):
+            return self.activation.forward(pointwise(self.body, x))
         return self.activation.forward(self.body.forward(x))  # forward: as TfliteGraph.forward says
 
 
