@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class Where:
     people: Path
     env: dict
     uploads: Path  # where serve keeps enrolled photos (given as --uploads where the store has no folder)
+    first: subprocess.CompletedProcess | None = None  # the scenario's first step, once it has run
 
 
 @pytest.fixture(scope="module", params=STORES)
@@ -133,6 +135,15 @@ def cli(where: Where, *args):
     return run_cli(*args, env=where.env, cwd=where.people.parent)
 
 
+def index_first(where: Where, made: Made) -> subprocess.CompletedProcess:
+    """The scenario's first step on `where`: index the five people with the seeded weights. Every later
+    step calls it, so that each also runs alone (`pytest -k`, or xdist sending it to another worker)."""
+    if where.first is None:
+        where.first = cli(where, "index", where.people, "--gallery", where.gallery, "--weights", made.weights,
+                          "--detector", "none")  # fmt: skip
+    return where.first
+
+
 def identified(where: Where, made: Made) -> list[dict]:
     found = cli(where, "identify", *made.photos, "--gallery", where.gallery, "--json", "--top-k", 4)
     assert found.returncode == 0, found.stderr
@@ -159,8 +170,7 @@ def assert_same_answers(mine: list[dict], theirs: list[dict]) -> None:
 
 
 def test_index_identify_and_list_as_the_local_store(where, made):
-    first = cli(where, "index", where.people, "--gallery", where.gallery, "--weights", made.weights,
-                "--detector", "none")  # fmt: skip
+    first = index_first(where, made)
     assert first.returncode == 0, first.stderr
     assert "9 faces of 5 identities (9 embedded" in first.stdout, first.stdout
     assert_same_answers(identified(where, made), made.before)
@@ -168,6 +178,7 @@ def test_index_identify_and_list_as_the_local_store(where, made):
 
 
 def test_reindex_is_incremental_and_a_removed_face_is_gone(where, made):
+    assert index_first(where, made).returncode == 0
     again = cli(where, "index", where.people, "--gallery", where.gallery)
     assert again.returncode == 0, again.stderr
     assert "already up to date; 9 faces of 5 identities (0 embedded, 0 reused, 9 unchanged" in again.stdout
@@ -181,6 +192,7 @@ def test_reindex_is_incremental_and_a_removed_face_is_gone(where, made):
 
 
 def test_other_weights_and_heads_are_refused_in_one_line(where, made):
+    assert index_first(where, made).returncode == 0
     other = make_seeded_weights(where.people.parent / "other.pt", salt=1, with_logits=False)
     refused = cli(where, "identify", made.photos[0], "--gallery", where.gallery, "--weights", other)
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
@@ -192,6 +204,7 @@ def test_other_weights_and_heads_are_refused_in_one_line(where, made):
 
 
 def test_serve_enrolls_and_deletes_keeping_photos_with_the_store(where, made):
+    assert index_first(where, made).returncode == 0
     here = where.people.parent / "serve-cwd"
     here.mkdir()
     own = ["--uploads", where.uploads] if where.name not in OWN_UPLOADS else []
