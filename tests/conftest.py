@@ -8,6 +8,7 @@ the CLI runs as a real subprocess.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -26,10 +27,19 @@ os.environ.setdefault("FACEREC_PRECISION", "fp32")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The workers share the cores: each process (a worker, the CLI runs it starts) takes its share of
+    """Ctrl-C as from a terminal, and threads shared out (below).
+
+    The tests stop servers with SIGINT, as Ctrl-C. A suite started with SIGINT ignored (a background job
+    of a non-interactive shell is) passes that on to every process it starts through exec, and a server
+    that ignores it from its start never ends: each process takes SIGINT back, so its children start
+    with it at the default, as a user's would.
+
+    The workers share the cores: each process (a worker, the CLI runs it starts) takes its share of
     threads, as oversubscribed OpenMP threads spin against each other. The processes started from here
     read OMP_NUM_THREADS; this worker imported torch before, so it is told too. Not in pytest-xdist's
     controller, whose environment the workers inherit: the count is known in each worker."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     workers = getattr(config, "workerinput", {}).get("workercount")
     if workers is None and config.getoption("numprocesses", None):
         return  # the controller
