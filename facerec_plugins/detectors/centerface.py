@@ -59,6 +59,10 @@ MAX_PIXELS = 1_000_000
 # About 150 bytes a pixel of working size (float32, channels-last: the widest feature maps, 96 channels
 # at a quarter of the pixels, the ones beside them, the input): a batch of 4 MP in all is near 600 MB.
 BATCH_PIXELS = 4_000_000
+# On a CPU a batch is slower a frame than single frames once its maps leave the caches: 640x384 frames of
+# the shared clip took 56-62 ms each one at a time, 65 two, 69 four and 78-82 eight at a time (Intel
+# Xeon, 2 cores). So a CPU batch holds what fits about one such frame; a GPU's, BATCH_PIXELS.
+CPU_BATCH_PIXELS = 300_000
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -144,6 +148,7 @@ class CenterFace:
         self.max_pixels = max_pixels
         self.precision = precision
         self.device = _device(device)
+        self.batch_pixels = CPU_BATCH_PIXELS if self.device.type == "cpu" else BATCH_PIXELS
         if (
             precision == "bf16"
             and self.device.type == "cpu"
@@ -175,7 +180,7 @@ class CenterFace:
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[Face]]:
         """The faces of each RGB image, largest first. Images of one working size run as one batch,
-        batches of at most BATCH_PIXELS working pixels (one image at least)."""
+        batches of at most `batch_pixels` working pixels (one image at least)."""
         found: list[list[Face]] = [[] for _ in images]
         for batch in self._batches(images):
             for index, faces in zip(batch, self._detect_batch([images[i] for i in batch]), strict=True):
@@ -183,13 +188,13 @@ class CenterFace:
         return found
 
     def _batches(self, images: Sequence[Image.Image]) -> list[list[int]]:
-        """Indices of `images` grouped by working size, each group cut to batches within BATCH_PIXELS."""
+        """Indices of `images` grouped by working size, each group cut to batches within `batch_pixels`."""
         groups: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
             groups.setdefault(working_size(image.width, image.height), []).append(index)
         batches = []
         for (width, height), indices in groups.items():
-            per_batch = max(1, BATCH_PIXELS // (width * height))
+            per_batch = max(1, self.batch_pixels // (width * height))
             batches.extend(indices[start : start + per_batch] for start in range(0, len(indices), per_batch))
         return batches
 

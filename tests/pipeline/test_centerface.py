@@ -29,7 +29,13 @@ from facerec.errors import FacerecError, UsageError
 from facerec.pipeline.engine import detect_bounded
 from facerec.pipeline.images import load_image
 from facerec.pipeline.weights import fetch, installed_copy, sha256_file
-from facerec_plugins.detectors.centerface import WEIGHTS, network_input, working_size
+from facerec_plugins.detectors.centerface import (
+    BATCH_PIXELS,
+    CPU_BATCH_PIXELS,
+    WEIGHTS,
+    network_input,
+    working_size,
+)
 from facerec_plugins.detectors.onnx_graph import load_graph
 from facerec_plugins.facenet.mtcnn import iou
 from support import PHOTOS
@@ -127,21 +133,26 @@ def test_faces_on_stretched_pictures_are_defaces_up_to_the_cell_a_grey_level_may
 
 def test_images_of_one_working_size_go_through_the_network_together(detector):
     """Three photos of one working size (two resized alike, one a little smaller: 630x370 also becomes
-    640x384) and one of another size: two network calls, and the faces of a call one at a time."""
+    640x384) and one of another size. With a GPU's batch: two network calls, and the faces of a call
+    one at a time. On the CPU, where a batch of such frames is slower than single ones, one call each."""
     images = [
         photo("two_people.jpg").resize((640, 376)),
         photo("obama_small.jpg"),
         photo("multiface.jpg").resize((640, 376)),
         photo("lin-manuel-miranda.png").resize((630, 370)),
     ]
+    assert detector.batch_pixels == CPU_BATCH_PIXELS
     batches = []
     hook = detector.network.register_forward_pre_hook(lambda _, args: batches.append(tuple(args[0].shape)))
     try:
+        alone = detector.detect(images)
+        detector.batch_pixels = BATCH_PIXELS
         together = detector.detect(images)
     finally:
         hook.remove()
-    assert batches == [(3, 3, 384, 640), (1, 3, 256, 320)]
-    assert together == [detector.detect([image])[0] for image in images]
+        detector.batch_pixels = CPU_BATCH_PIXELS
+    assert batches == [(1, 3, 384, 640)] * 3 + [(1, 3, 256, 320)] + [(3, 3, 384, 640), (1, 3, 256, 320)]
+    assert together == alone == [detector.detect([image])[0] for image in images]
     assert [len(faces) for faces in together] == [2, 1, 6, 1]
 
 
