@@ -7,7 +7,8 @@ AVX512-BF16 or AMX and on GPUs of compute capability 8 and up. Each is timed on 
 (synthetic: the kernels' speed does not depend on the pixels), after one untimed call, best of
 TIMING_ROUNDS rounds that take the precisions in turn. Its agreement with FP32 is measured on real faces:
 int8's when it is calibrated, as the worst cosine to expect on faces it was not calibrated on (twice the
-worst calibration face's distance, facerec.pipeline.int8.UNSEEN_FACTOR, recorded with the network);
+worst calibration face's distance, facerec.pipeline.int8.UNSEEN_FACTOR, recorded with the network;
+unknown, and so never chosen, when it was calibrated on fewer than FORESEEN_FACES faces);
 bf16's on the faces of some of the command's own photos (embed's, identify's), else on those it
 calibrates on (its photos, else the demo set's); they calibrate nothing.
 The choice is the fastest that keeps that worst cosine at COSINE or above, counting FP32 as GAIN times
@@ -164,15 +165,16 @@ def measure(
 
 def ranking(measured: dict[str, dict[str, float]]) -> list[str]:
     """The precisions that keep COSINE, fastest first, FP32's speed counted GAIN times."""
-    kept = [p for p, m in measured.items() if m["cosine_worst"] >= COSINE]
+    kept = [p for p, m in measured.items() if (m["cosine_worst"] or 0.0) >= COSINE]  # None: unknown
     return sorted(kept, key=lambda p: -measured[p]["faces_per_s"] * (GAIN if p == FP32 else 1.0))
 
 
 def _cosine(
     precision: str, network: nn.Module, reference: nn.Module, faces: FaceSource, device: torch.device
-) -> float:
+) -> float | None:
+    """The worst cosine to FP32; None when it cannot be known (int8 calibrated on too few faces)."""
     if precision == INT8:  # measured when it was calibrated, and foreseen for faces it was not
-        return float((identity(network).get("agreement") or {}).get("cosine_unseen", 0.0))
+        return (identity(network).get("agreement") or {}).get("cosine_unseen")
     if precision == BF16:
         return float(agreement(reference, network, faces().faces.to(device))["cosine_min"])
     raise ValueError(f"no agreement measure for {precision}")
@@ -223,8 +225,12 @@ def summary(name: str, found: Machine, record: dict[str, Any], path: Path, compl
     measured = record["measured"]
     figures = "; ".join(
         f"{p} {m['faces_per_s']:.1f} faces/s"
-        + (f", worst cosine {m['cosine_worst']:.5f}" if p != FP32 else "")
+        + ("" if p == FP32 else f", worst cosine {_cosine_text(m['cosine_worst'])}")
         for p, m in measured.items()
     )
     kept = f"measured in {record['seconds']:.1f} s, kept in {path}" + ("" if complete else "; the rest later")
     return f"--precision auto for {name} on {found.cpu}: {figures}; fastest kept: {record['ranking'][0]} ({kept})"
+
+
+def _cosine_text(cosine: float | None) -> str:
+    return "unknown (too few calibration faces)" if cosine is None else f"{cosine:.5f}"

@@ -76,6 +76,9 @@ CHECKED_FACES = 4  # faces a freshly written file is loaded back and checked on
 # and 2.0x for inception-resnet (0.0009 against 0.00045, 11 faces); photos held out of calibration did
 # not foresee it (2 held-out faces scored closer than the calibration faces themselves).
 UNSEEN_FACTOR = 2.0
+# The fewest calibration faces whose worst foresees the others: on 2 faces (a gallery of two people)
+# dlib-resnet's worst cosine was 0.99983, on 11 faces 0.99947 (AMD EPYC); with fewer, none is foreseen.
+FORESEEN_FACES = 8
 
 IDENTITY = "facerec_int8_identity"  # the attribute of an int8 network that says which network it is
 
@@ -144,18 +147,26 @@ def int8_network(
     note(f"calibrating int8 {loaded.name} on {len(calibration.faces)} faces (once: cached in {path})")
     network = quantize(quantizable_form(loaded), calibration.faces, weight_bits)
     found = agreement(loaded.plugin.for_inference(loaded.module.eval()), network, calibration.faces)
-    found["cosine_unseen"] = round(1 - UNSEEN_FACTOR * (1 - found["cosine_min"]), 6)
+    found["cosine_unseen"] = foreseen(found)
     record = {"calibration": calibration.photos, "scheme": scheme(weight_bits), "agreement": found}
     digest = write_cache(path, network, record, calibration.faces)
     setattr(network, IDENTITY, {"xxh3_128": digest, **record})
     return network
 
 
+def foreseen(found: dict[str, Any]) -> float | None:
+    """The worst cosine to FP32 to expect on faces the network was not calibrated on, from its
+    `agreement` on its calibration faces (UNSEEN_FACTOR); None from fewer than FORESEEN_FACES faces."""
+    if found["faces"] < FORESEEN_FACES:
+        return None
+    return round(1 - UNSEEN_FACTOR * (1 - found["cosine_min"]), 6)
+
+
 def identity(network: nn.Module) -> dict[str, Any] | None:
     """Which int8 network this is: the checksum of its cache file (`xxh3_128`), the photos it was
     calibrated on (`calibration`), its `scheme` and its `agreement` with FP32 on those faces (`faces`,
     `cosine_min`, `cosine_median`, and `cosine_unseen`, the worst cosine expected on other faces:
-    UNSEEN_FACTOR); None for a network not made here (an FP32 one)."""
+    `foreseen`); None for a network not made here (an FP32 one)."""
     return getattr(network, IDENTITY, None)
 
 

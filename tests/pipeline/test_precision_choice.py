@@ -16,6 +16,7 @@ from facerec.errors import UsageError
 from facerec.gallery.provenance import Provenance
 from facerec.pipeline import fxfile
 from facerec.pipeline.autoprecision import GAIN, ranking
+from facerec.pipeline.int8 import FORESEEN_FACES, foreseen
 from facerec.pipeline.precision import (
     COSINE,
     RELEVANT_FLAGS,
@@ -113,6 +114,16 @@ def test_auto_keeps_the_fastest_precision_within_the_cosine_and_fp32_within_its_
     measured["bf16"]["faces_per_s"] = 40.0 * GAIN * 1.01
     measured["int8"]["cosine_worst"] = COSINE
     assert ranking(measured) == ["int8", "bf16", "fp32"]
+    measured["int8"]["cosine_worst"] = None  # calibrated on too few faces to foresee others
+    assert ranking(measured) == ["bf16", "fp32"]
+
+
+def test_int8_foresees_unseen_faces_only_from_enough_calibration_faces():
+    # A gallery of two people calibrated int8 on two faces: their worst (0.99983) foresaw 0.99966, and
+    # auto took int8 where eleven faces foresee 0.99894, under COSINE.
+    assert foreseen({"faces": 2, "cosine_min": 0.99983}) is None
+    assert foreseen({"faces": FORESEEN_FACES - 1, "cosine_min": 0.99999}) is None
+    assert foreseen({"faces": FORESEEN_FACES, "cosine_min": 0.99947}) == pytest.approx(0.99894, abs=1e-6)
 
 
 def test_the_precision_variable_is_checked(monkeypatch):
