@@ -1,12 +1,15 @@
 """The one-pass detectors (`centerface`, `blazeface`) against the two the project already trusts, on real photos.
 
 Where MTCNN and dlib's CNN both see a face, a detector worth offering must see it too; with it, the
-demo's people must be enrolled and named as with the default detector; and the CLI must run it.
+demo's people must be enrolled and named as with the default detector; and every command must run it:
+detect, embed, index, identify (photos and video), cluster and serve.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +19,10 @@ from PIL import Image
 from facerec.contract.registry import registry
 from facerec.pipeline.images import load_image
 from facerec_plugins.facenet.mtcnn import iou
-from support import KNN, PHOTOS
+from support import KNN, KNN_TRAIN, PHOTOS, SHARED
 from support.cli import run_cli
 from support.gallery import shrink, small_people
+from support.serve import Server, post_image
 
 # Each detector with the options that make it look for faces at any distance (blazeface's default
 # model is for faces near the camera).
@@ -34,6 +38,8 @@ KNOWN = {
     "obama_and_biden.jpg": {"obama", "biden"},
 }
 OFFLINE = {"FACEREC_MIRROR": "http://127.0.0.1:9"}  # every file these tests need is installed
+CLIP = SHARED / "video" / "short_hamilton_clip.mp4"
+LIN = "lin_manuel_miranda"
 
 
 def cli_options(name: str) -> list[str]:
@@ -96,20 +102,96 @@ def test_finds_every_face_mtcnn_and_dlib_cnn_agree_on(photos, agreed, detector):
     assert large == [] and len(missed) <= len(agreed) // 10
 
 
-@pytest.mark.parametrize("detector", list(DETECTORS))
-def test_index_and_identify_name_every_known_face(tmp_path, detector):
-    """The demo's people enrolled and their test photos identified through the detector, with the
-    real weights of `dlib-resnet` (face_recognition_models): every known face gets its name."""
+@pytest.fixture(scope="module", params=list(DETECTORS))
+def enrolled(request, tmp_path_factory) -> tuple[str, Path, Path]:
+    """(detector, gallery, folder): the demo's people and Lin-Manuel Miranda (who is in the video clip)
+    enrolled through the detector, with the real weights of `dlib-resnet` (face_recognition_models)."""
+    detector = request.param
+    root = tmp_path_factory.mktemp(detector)
+    people, gallery = small_people(root / "people"), root / "gallery"
+    shrink(PHOTOS / "lin-manuel-miranda.png", people / LIN / "lin-manuel-miranda.png", 1000)
     model = ["--backbone", "dlib-resnet", "--detector", detector, *cli_options(detector)]
-    people, gallery = small_people(tmp_path / "people"), tmp_path / "gallery"
     indexed = run_cli("index", people, "--gallery", gallery, *model, env=OFFLINE)
     assert indexed.returncode == 0, indexed.stderr
-    photos = [shrink(KNN / "test" / name, tmp_path / "test" / name, 1000) for name in KNOWN]
+    return detector, gallery, root
+
+
+def test_index_and_identify_name_every_known_face(enrolled):
+    """The demo's test photos identified through the gallery's detector: every known face gets its name."""
+    _, gallery, root = enrolled
+    photos = [shrink(KNN / "test" / name, root / "test" / name, 1000) for name in KNOWN]
     result = run_cli("identify", *photos, "--gallery", gallery, "--json", env=OFFLINE)
     assert result.returncode == 0, result.stderr
     for record in map(json.loads, result.stdout.splitlines()):
         names = [face["identity"] for face in record["faces"]]
         assert sorted(name for name in names if name) == sorted(KNOWN[record["image"].rsplit("/", 1)[-1]])
+
+
+def test_identify_a_video_names_its_tracks(enrolled):
+    """The Hamilton clip through the gallery's detector: Lin-Manuel Miranda's tracks get his name and no
+    track is given the name of someone not in the clip."""
+    _, gallery, _ = enrolled
+    result = run_cli("identify", CLIP, "--gallery", gallery, "--json", "--stride", "3", env=OFFLINE)
+    assert result.returncode == 0, result.stderr
+    tracks = [json.loads(line) for line in result.stdout.splitlines()]
+    named = Counter(track["identity"] for track in tracks)
+    assert named[LIN] >= 1 and set(named) <= {LIN, None}
+    assert all(len(track["frames"]) >= 2 for track in tracks)
+
+
+def test_serve_answers_through_the_gallerys_detector(enrolled):
+    """A real `facerec serve` of the gallery: a test photo posted to /v1/identify is named, its faces
+    where `facerec detect` with the gallery's detector finds them."""
+    detector, gallery, _ = enrolled
+    photo = KNN / "test" / "obama_and_biden.jpg"
+    server = Server("--gallery", gallery, env=OFFLINE)
+    try:
+        answer = post_image(server.url + "v1/identify", photo)
+    finally:
+        assert server.stop() == 130
+    assert answer.status_code == 200, answer.text
+    faces = answer.json()["faces"]
+    assert {"obama", "biden"} <= {face["identity"] for face in faces}
+    detected = run_cli("detect", photo, "--detector", detector, *cli_options(detector), "--json", env=OFFLINE)
+    boxes = [face["box"] for face in json.loads(detected.stdout)["faces"]]
+    assert np.allclose([face["box"] for face in faces], boxes, atol=1e-3)
+
+
+@pytest.mark.parametrize("detector", list(DETECTORS))
+def test_embed_gives_a_unit_vector_for_each_face_detect_finds(detector):
+    photo, model = PHOTOS / "two_people.jpg", ["--detector", detector, *cli_options(detector)]
+    embedded = run_cli("embed", photo, "--backbone", "dlib-resnet", *model, "--json", env=OFFLINE)
+    detected = run_cli("detect", photo, *model, "--json", env=OFFLINE)
+    assert embedded.returncode == detected.returncode == 0, embedded.stderr + detected.stderr
+    faces, boxes = json.loads(embedded.stdout)["faces"], json.loads(detected.stdout)["faces"]
+    assert [face["box"] for face in faces] == [face["box"] for face in boxes] and len(faces) == 2
+    for face in faces:
+        assert len(face["embedding"]) == 128 and np.linalg.norm(face["embedding"]) == pytest.approx(
+            1, abs=1e-5
+        )
+
+
+@pytest.mark.parametrize("detector", list(DETECTORS))
+def test_cluster_groups_a_library_into_its_people(tmp_path, detector):
+    """Five unlabelled photos, three of Obama and two of Biden, clustered through the detector."""
+    truth = {
+        "a.jpg": "obama", "b.jpg": "obama", "c.jpg": "obama", "d.jpg": "biden", "e.jpg": "biden",
+    }  # fmt: skip
+    sources = [KNN_TRAIN / "obama" / "obama.jpg", KNN_TRAIN / "obama" / "obama2.jpg",
+               KNN / "test" / "obama1.jpg", KNN_TRAIN / "biden" / "biden.jpg", KNN_TRAIN / "biden" / "biden2.jpg"]  # fmt: skip
+    for name, source in zip(truth, sources, strict=True):
+        shrink(source, tmp_path / "library" / name, 1000)
+    model = ["--backbone", "dlib-resnet", "--detector", detector, *cli_options(detector)]
+    result = run_cli(
+        "cluster", tmp_path / "library", "--gallery", tmp_path / "gallery", *model, "--json", env=OFFLINE
+    )
+    assert result.returncode == 0, result.stderr
+    people = [json.loads(line) for line in result.stdout.splitlines()]
+    groups = {
+        frozenset(truth[Path(face["image"]).name] for face in p["faces"]) for p in people if p["person"]
+    }
+    faces = [Path(face["image"]).name for p in people if p["person"] for face in p["faces"]]
+    assert groups == {frozenset({"obama"}), frozenset({"biden"})} and sorted(faces) == sorted(truth)
 
 
 @pytest.mark.parametrize("detector", list(DETECTORS))
