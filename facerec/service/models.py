@@ -210,13 +210,14 @@ def detection_batcher(detecting: Pipeline, max_images: int, max_wait: float) -> 
     """The detector's batcher: `detecting.find` on batches of at most `max_images` images, and at most
     the detector's working size in pixels (the most it works on in one image, so a batch's memory stays
     that of one large photo; each image counted at the size it is detected at, facerec.pipeline.engine.
-    detect_bounded)."""
+    detect_bounded), with a worker a core (see facerec.service.batching)."""
     limit = getattr(detecting.detector, "max_pixels", defaults.DETECTION_PIXELS) or defaults.DETECTION_PIXELS
 
     def working_pixels(image: Image.Image) -> int:
         return min(image.width * image.height, limit)
 
-    return Batcher(detecting.find, limit, max_wait, working_pixels, max_images, "facerec-detector")
+    threads = os.cpu_count() or 1
+    return Batcher(detecting.find, limit, max_wait, working_pixels, max_images, "facerec-detector", threads)
 
 
 def warm_up(pipeline: Pipeline) -> None:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from facerec.pipeline.engine import build_pipeline
 from facerec.pipeline.images import load_image
+from facerec.service.batching import Batcher
 from facerec.service.models import detection_batcher
 from support import KNN, PHOTOS
 from support.gallery import shrink, weights_cache
@@ -103,3 +104,22 @@ def test_the_detector_batcher_detects_concurrent_images_in_fewer_calls(photos, m
         batcher.stop()
     assert together == alone
     assert batcher.calls < len(images)
+
+
+def test_a_batcher_with_two_workers_runs_two_batches_at_once_and_stops_both():
+    """One batch's call waits until a second call has started: it returns only if the two workers run
+    batches side by side. Every job gets its own result, and stop ends both workers."""
+    both = threading.Barrier(2, timeout=30)
+
+    def call(jobs: list[int]) -> list[int]:
+        both.wait()  # a second batch must be running too
+        return [job * 10 for job in jobs]
+
+    batcher = Batcher(call, limit=1, max_wait=0.0, size=lambda job: 1, threads=2)
+    batcher.start()
+    try:
+        futures = [batcher.submit(job) for job in range(4)]
+        assert [future.result(timeout=60) for future in futures] == [0, 10, 20, 30]
+    finally:
+        batcher.stop()
+    assert batcher.calls == 4  # and stop returned: it joins the workers
