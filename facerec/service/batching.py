@@ -14,8 +14,8 @@ The server runs two: the backbone's, of faces (`size`: their number, `limit`: --
 detector's, of images (facerec.service.models: `size`: the pixels the detector works on, `limit`:
 its working size, so a batch holds one large photo or many small ones; `max_jobs`:
 --max-detect-batch). The backbone's has one worker: its calls are torch through and through, and torch
-already spreads one call over all the cores. The detector's has one a core, because a detector's call
-is partly Python and numpy on one core (MTCNN's suppression and box arithmetic between its networks):
+already spreads one call over all the cores. The detector's has two, because a detector's call is
+partly Python and numpy on one core (MTCNN's suppression and box arithmetic between its networks):
 with one worker the other core idled through those parts (AMD EPYC, 2 cores, 16 clients: 12.9
 requests/s with one, 17.6 with two). The queue is unbounded here; the server bounds what reaches it
 (see facerec.service.limits.Admission).

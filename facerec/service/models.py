@@ -44,6 +44,10 @@ from facerec.service.errors import ServiceError
 from facerec.service.limits import PixelBudget
 
 T = TypeVar("T")
+# Detection batches run side by side: while one is in a detector's Python and numpy parts (one core),
+# the other's networks use the rest. Two are enough for that; more would split torch's threads between
+# them and hold more batches in memory at once.
+DETECTION_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -210,13 +214,13 @@ def detection_batcher(detecting: Pipeline, max_images: int, max_wait: float) -> 
     """The detector's batcher: `detecting.find` on batches of at most `max_images` images, and at most
     the detector's working size in pixels (the most it works on in one image, so a batch's memory stays
     that of one large photo; each image counted at the size it is detected at, facerec.pipeline.engine.
-    detect_bounded), with a worker a core (see facerec.service.batching)."""
+    detect_bounded), on DETECTION_WORKERS workers (see facerec.service.batching)."""
     limit = getattr(detecting.detector, "max_pixels", defaults.DETECTION_PIXELS) or defaults.DETECTION_PIXELS
 
     def working_pixels(image: Image.Image) -> int:
         return min(image.width * image.height, limit)
 
-    threads = os.cpu_count() or 1
+    threads = min(DETECTION_WORKERS, os.cpu_count() or 1)
     return Batcher(detecting.find, limit, max_wait, working_pixels, max_images, "facerec-detector", threads)
 
 
