@@ -3,10 +3,10 @@
 Detectors (one process, the detectors built from the registry as `facerec detect --detector NAME` builds
 them, their files already in a cache or installed): ms per photo on the shared photos
 (../shared/faces/photos and ../shared/faces/knn/test) scaled to 640 px and to 1920 px on their long side,
-and per frame of the Hamilton clip (640x360), one frame at a time as `facerec identify CLIP` detects, and
-eight at a time. Each image goes through `facerec.pipeline.engine.detect_bounded`, the pipeline's own
+and per frame of the Hamilton clip (640x360; frames spread over the whole clip, its stage of four
+people included), one frame at a time as `facerec identify CLIP` detects, and eight at a time. Each image goes through `facerec.pipeline.engine.detect_bounded`, the pipeline's own
 call (a detector's `max_pixels` applies). Rounds repeat every measurement, the detectors taking turns on
-each image, and each image's best round counts. Recall: on the photos at each size, the faces found by
+each image, and each image's best round counts. Recall: on the photos at each size and on the frames, the faces found by
 any detector (boxes of different detectors overlapping at IoU 0.5 or more are one face) are the union;
 each detector's count of them is printed, of those that two detectors or more found (the union holds
 every detector's false positives), and of MTCNN's. A detector that is not registered is skipped, and
@@ -193,16 +193,14 @@ def scaled(path: Path, longest: int):
 
 
 def clip_frames(count: int) -> list:
-    """The first `count` frames of the Hamilton clip as RGB images."""
+    """`count` frames of the Hamilton clip spread evenly over it, as RGB images: its close-ups and the
+    stage with four people at its end both count."""
     import av
 
     with av.open(str(CLIP)) as container:
-        frames = []
-        for frame in container.decode(video=0):
-            frames.append(frame.to_image().convert("RGB"))
-            if len(frames) == count:
-                break
-    return frames
+        frames = [frame.to_image().convert("RGB") for frame in container.decode(video=0)]
+    step = max(len(frames) / count, 1.0)
+    return [frames[int(index * step)] for index in range(min(count, len(frames)))]
 
 
 def build_detectors() -> tuple[dict[str, object], list[str]]:
@@ -298,20 +296,22 @@ def side_by_side(args: argparse.Namespace) -> None:
         frames = clip_frames(args.frames)
         width, height = frames[0].size
         print(f"{len(frames)} frames", file=sys.stderr, flush=True)
-        speed, _ = timed(detectors, [[frame] for frame in frames], args.rounds)
+        speed, found = timed(detectors, [[frame] for frame in frames], args.rounds)
         rows.append((f"per video frame ({width}x{height}), ms", {c: f"{v:.1f}" for c, v in speed.items()}))
+        recalls["frames"] = recall(found)
         batched = [frames[start : start + BATCH] for start in range(0, len(frames), BATCH)]
         speed, _ = timed(detectors, batched, args.rounds)
         rows.append((f"per video frame, {BATCH} at a time, ms", {c: f"{v:.1f}" for c, v in speed.items()}))
         labels = {
-            "union": "faces found at {size} px, of the {total} any detector found",
-            "agreed": "faces found at {size} px, of the {total} two detectors or more found",
-            "mtcnn": "faces found at {size} px, of MTCNN's {total}",
+            "union": "faces found {where}, of the {total} any detector found",
+            "agreed": "faces found {where}, of the {total} two detectors or more found",
+            "mtcnn": "faces found {where}, of MTCNN's {total}",
         }
-        for size in SIZES:
+        for size in [*SIZES, "frames"]:
+            where = f"in the {len(frames)} frames" if size == "frames" else f"at {size} px"
             for label, (total, counts) in recalls[size].items():
                 if total or label != "mtcnn":
-                    text = labels[label].format(size=size, total=total)
+                    text = labels[label].format(where=where, total=total)
                     rows.append((text, {column: str(count) for column, count in counts.items()}))
         elapsed = time.perf_counter() - started
         others = max(busy_cpu_seconds() - busy - (time.process_time() - own), 0.0) / elapsed
