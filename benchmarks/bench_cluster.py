@@ -26,8 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_embed import mtcnn_home
-from bench_memory import cpu_model
+from bench_embed import cpu_line, mtcnn_home
 
 from facerec.people import clustering
 
@@ -105,7 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores\n")
+    print(f"{cpu_line()}; {os.cpu_count()} cores\n")
     with tempfile.TemporaryDirectory() as work:
         os.environ["TORCH_HOME"] = str(mtcnn_home(Path(work)))
         paths, truth = labelled()

@@ -44,8 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_embed import PEER, busy_cpu_seconds, ensure_peer, mtcnn_home, wait_for_idle
-from bench_memory import cpu_model
+from bench_embed import PEER, busy_cpu_seconds, cpu_line, ensure_peer, mtcnn_home, wait_for_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -317,7 +316,7 @@ def side_by_side(args: argparse.Namespace) -> None:
         others = max(busy_cpu_seconds() - busy - (time.process_time() - own), 0.0) / elapsed
     columns = [column for column, _, _ in DETECTORS]
     print(
-        f"{len(photos)} photos, {len(frames)} frames, {args.rounds} rounds; CPU: {cpu_model()}, {os.cpu_count()} cores"
+        f"{len(photos)} photos, {len(frames)} frames, {args.rounds} rounds; {cpu_line()}; {os.cpu_count()} cores"
     )
     print(f"\n| detector | {' | '.join(columns)} |")
     print(f"| --- |{' ---: |' * len(columns)}")

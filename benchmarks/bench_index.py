@@ -31,7 +31,7 @@ import time
 from itertools import product
 from pathlib import Path
 
-from bench_embed import mtcnn_home
+from bench_embed import cpu_line, mtcnn_home
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -168,6 +168,7 @@ def main() -> None:
         rows.append(("`facerec index` CLI: nothing changed", run(cli, env)))
         rows += spread_rows(folder, temp, weights, env)
     print(table(rows, len(photos)))
+    print(cpu_line())
 
 
 def spread_rows(folder: str, temp: Path, weights: Path, env: dict) -> list[tuple[str, dict]]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_embed import PEER, ensure_peer, mtcnn_home, seeded_weights
+from bench_embed import PEER, cpu_line, ensure_peer, mtcnn_home, seeded_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -42,13 +41,6 @@ SIDES = {
     "facerec identify, mtcnn + dlib-resnet": "facerec:mtcnn:dlib-resnet",
     "facerec identify, none + inception-resnet": "facerec:none:inception-resnet",
 }
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def peer_worker(side: str, photo: str, weights: str) -> None:
@@ -140,7 +132,7 @@ def main() -> None:
         env = {**os.environ, "TORCH_HOME": str(mtcnn_home(folder)), "FACEREC_MIRROR": "http://127.0.0.1:9"}
         weights = seeded_weights(folder)
         made = galleries(folder, env, weights)
-        print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {PEER}; peak resident memory, MB\n")
+        print(f"{cpu_line()}; {os.cpu_count()} cores; {PEER}; peak resident memory, MB\n")
         print("| side | " + " | ".join(f"{size} MP" for size in args.sizes) + " |")
         print("| --- |" + " ---: |" * len(args.sizes))
         photos = [photo_of(size, folder) for size in args.sizes]

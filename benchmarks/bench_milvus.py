@@ -49,8 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.milvus_server
-from bench_embed import busy_cpu_seconds, wait_for_idle
-from bench_memory import cpu_model
+from bench_embed import busy_cpu_seconds, cpu_line, wait_for_idle
 from bench_search import GEOMETRIES, exact_nearest, face_like_gallery, latencies_ms
 
 from facerec.gallery.local import folder as gallery_folder
@@ -321,7 +320,7 @@ def main() -> None:
     if not args.no_postgres:
         rows += postgres_rows(args.sizes, args)
     others = (busy_cpu_seconds() - busy) - (own_cpu_seconds() - own_before)
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
+    print(f"{cpu_line()}; {os.cpu_count()} cores")
     print(markdown(rows))
     if len(args.sizes) > 1:
         print(marginal_markdown(rows))

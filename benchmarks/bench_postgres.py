@@ -36,8 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # support.postgres: the server the tests start
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from bench_embed import busy_cpu_seconds, wait_for_idle
-from bench_memory import cpu_model
+from bench_embed import busy_cpu_seconds, cpu_line, wait_for_idle
 from bench_search import GEOMETRIES, exact_nearest, face_like_gallery, latencies_ms
 
 from facerec.gallery.provenance import Provenance
@@ -157,7 +156,7 @@ def main() -> None:
         args.sizes, args.per_identity, args.queries, args.single_queries, args.k, args.intrinsic_dim
     )
     load = (busy_cpu_seconds() - busy) / (time.monotonic() - started_at)
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; busy {load:.2f} cores on average during the run "
+    print(f"{cpu_line()}; {os.cpu_count()} cores; busy {load:.2f} cores on average during the run "
           f"(this process and the server included); k = {args.k}\n")  # fmt: skip
     print(markdown(rows))
 

@@ -69,7 +69,7 @@ from facerec.pipeline.weights import sha256_file
 from facerec_plugins.heads.faiss import FaissHead
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_embed import busy_cpu_seconds, wait_for_idle
+from bench_embed import busy_cpu_seconds, cpu_line, wait_for_idle
 
 CHUNK = 65536
 REMOVED = 0.01  # the share of a gallery's faces removed in the removal measurement
@@ -477,6 +477,7 @@ def main() -> None:
         for name, value in (("ef_search", args.ef_search), ("nprobe", args.nprobe))
         if value is not None
     }
+    print(cpu_line())
     print(
         f"faiss {faiss.__version__}, numpy {np.__version__}, {faiss.omp_get_max_threads()} threads, "
         f"intrinsic dimension {args.intrinsic_dim}, {args.per_identity} photos per identity"

@@ -37,6 +37,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_embed import cpu_line
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 IDENTITIES, IMAGES_PER_IDENTITY = 16, 8
@@ -140,6 +143,7 @@ def main() -> None:
         data = make_dataset(folder / "faces")
         weights = seeded_weights(folder / "seeded.pt")
         cache = folder / "cache"
+        print(cpu_line())
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, frozen through {args.freeze}")
         print(f"load average before: {os.getloadavg()[0]:.1f}\n")
         print(

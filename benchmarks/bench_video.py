@@ -34,8 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_embed import mtcnn_home, wait_for_idle
-from bench_memory import cpu_model
+from bench_embed import cpu_line, mtcnn_home, wait_for_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -160,7 +159,7 @@ def main() -> None:
             "hamilton": (HAMILTON, 29.97, 0),
             "crowd": (crowd_clip(folder / "crowd.mp4"), 30.0, args.peer_frames),
         }
-        print(f"CPU: {cpu_model()}, {os.cpu_count()} cores\n")
+        print(f"{cpu_line()}; {os.cpu_count()} cores\n")
         print(
             "| clip | side | frames | s | fps | x real time | frames naming the main person (or any) | wrong frames |"
         )
