@@ -174,12 +174,15 @@ def test_embed_gives_a_unit_vector_for_each_face_detect_finds(detector):
 @pytest.mark.parametrize("detector", list(DETECTORS))
 def test_cluster_groups_a_library_into_its_people(tmp_path, detector):
     """Five unlabelled photos, three of Obama and two of Biden, clustered through the detector."""
-    truth = {
-        "a.jpg": "obama", "b.jpg": "obama", "c.jpg": "obama", "d.jpg": "biden", "e.jpg": "biden",
-    }  # fmt: skip
-    sources = [KNN_TRAIN / "obama" / "obama.jpg", KNN_TRAIN / "obama" / "obama2.jpg",
-               KNN / "test" / "obama1.jpg", KNN_TRAIN / "biden" / "biden.jpg", KNN_TRAIN / "biden" / "biden2.jpg"]  # fmt: skip
-    for name, source in zip(truth, sources, strict=True):
+    sources = {  # a name that says nothing -> (the photo, who is in it)
+        "a.jpg": (KNN_TRAIN / "obama" / "obama.jpg", "obama"),
+        "b.jpg": (KNN_TRAIN / "obama" / "obama2.jpg", "obama"),
+        "c.jpg": (KNN / "test" / "obama1.jpg", "obama"),
+        "d.jpg": (KNN_TRAIN / "biden" / "biden.jpg", "biden"),
+        "e.jpg": (KNN_TRAIN / "biden" / "biden2.jpg", "biden"),
+    }
+    truth = {name: person for name, (_, person) in sources.items()}
+    for name, (source, _) in sources.items():
         shrink(source, tmp_path / "library" / name, 1000)
     model = ["--backbone", "dlib-resnet", "--detector", detector, *cli_options(detector)]
     result = run_cli(
