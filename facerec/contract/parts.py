@@ -121,6 +121,10 @@ class Detector(Protocol):
     `max_pixels` (attribute or property, optional) is the largest image the detector looks at: the
     pipeline scales larger ones down for detection and maps the faces back to the original's pixels, so
     memory stays bounded for any photo (None: no bound; absent: facerec.defaults.DETECTION_PIXELS).
+
+    `recorded_before` (class attribute, optional) maps options added to the detector after galleries
+    recorded its settings to the value that detects as those galleries did: a gallery whose record
+    lacks such an option is read as having it at that value (centerface's `min_face_size`: None).
     """
 
     settings: Mapping[str, Any]  # JSON-able; recorded in galleries so identify detects the same way

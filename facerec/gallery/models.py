@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facerec import defaults
-from facerec.errors import FacerecError
+from facerec.errors import FacerecError, UsageError
 from facerec.gallery.provenance import Provenance, describe_aligner
 from facerec.pipeline.int8 import cache_path, identity, recorded_photos, weight_bits_of
 from facerec.pipeline.precision import AUTO, BF16, FP32, INT8, default_precision
@@ -60,6 +60,10 @@ def check_request(recorded: Provenance, request: ModelRequest, gallery: Path) ->
     for what, (asked, made) in wanted.items():
         if asked is not None and asked != made:
             raise mismatch(gallery, recorded, f"{what} {asked}")
+    settings = with_options_added_since(recorded).detector_settings  # what the detector recorded
+    other = {k: v for k, v in (request.detector_options or {}).items() if k in settings and settings[k] != v}
+    if other:  # options it does not record (a device) do not change the vectors
+        raise mismatch(gallery, recorded, f"detector {recorded.detector} -D {other}")
     options = recorded.recipe.get("aligner_options", {})
     if request.aligner_options is not None and {**options, **request.aligner_options} != options:
         asked = {"aligner": recorded.recipe.get("aligner"), "aligner_options": request.aligner_options}
@@ -83,6 +87,7 @@ def open_pipeline(
     from facerec.pipeline.engine import build_pipeline
 
     if recorded is not None:
+        recorded = with_options_added_since(recorded)
         check_request(recorded, request, gallery)
     weights = request.weights or (recorded.weights_file if recorded else None)
     if weights is not None and not Path(weights).is_file():
@@ -131,7 +136,7 @@ def open_pipeline(
     )
     if recorded is not None:
         if not recorded.same_vectors(made):
-            raise mismatch(gallery, recorded, made.describe())
+            raise mismatch(gallery, recorded, made.describe() + _other_settings(recorded, made))
         made = replace(made, precision=recorded.precision, int8_network=network or found)  # the gallery's own
     return pipeline, made
 
@@ -185,6 +190,30 @@ def _int8_network(
 def _choose(*values: Any) -> Any:
     """The first value that is not None (the user's, then the gallery's, then the default)."""
     return next((value for value in values if value is not None), None)
+
+
+def _other_settings(recorded: Provenance, made: Provenance) -> str:
+    """The detector settings `made` has otherwise than `recorded`, for the mismatch message (the
+    descriptions name the detector, not its settings)."""
+    other = {
+        key: value
+        for key, value in made.detector_settings.items()
+        if recorded.detector_settings.get(key, ...) != value
+    }
+    return f" (detector settings {other})" if other else ""
+
+
+def with_options_added_since(recorded: Provenance) -> Provenance:
+    """`recorded` with the detector options added since it was written at the values that detect as it
+    did (the detector's `recorded_before`), so that the gallery is rebuilt and compared as it was made."""
+    from facerec.contract.registry import registry
+
+    try:
+        factory = registry().factory("detector", recorded.detector)
+    except UsageError:
+        return recorded  # not installed here: building the pipeline says so
+    added = getattr(factory, "recorded_before", {})
+    return replace(recorded, detector_settings={**added, **recorded.detector_settings})
 
 
 def _options_of(recorded: Provenance | None) -> dict[str, Any] | None:

