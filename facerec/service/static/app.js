@@ -227,7 +227,11 @@ function sendFrame() {
   snapshot.height = Math.round(video.videoHeight * scale);
   snapshot.getContext("2d").drawImage(video, 0, 0, snapshot.width, snapshot.height);
   camera.waiting = true;
-  snapshot.toBlob((jpeg) => socket.send(jpeg), "image/jpeg", 0.85);
+  snapshot.toBlob((jpeg) => {
+    // encoding takes a while: the camera may have stopped, or the stream closed, meanwhile
+    if (jpeg && camera.media && socket.readyState === WebSocket.OPEN) socket.send(jpeg);
+    else camera.waiting = false;
+  }, "image/jpeg", 0.85);
 }
 
 function cameraCounts() {
