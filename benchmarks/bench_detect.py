@@ -4,13 +4,14 @@ Detectors (one process, the detectors built from the registry as `facerec detect
 them, their files already in a cache or installed): ms per photo on the shared photos
 (../shared/faces/photos and ../shared/faces/knn/test) scaled to 640 px and to 1920 px on their long side,
 and per frame of the Hamilton clip (640x360; frames spread over the whole clip, its stage of four
-people included), one frame at a time as `facerec identify CLIP` detects, and eight at a time. Each image goes through `facerec.pipeline.engine.detect_bounded`, the pipeline's own
-call (a detector's `max_pixels` applies). Rounds repeat every measurement, the detectors taking turns on
-each image, and each image's best round counts. Recall: on the photos at each size and on the frames, the faces found by
-any detector (boxes of different detectors overlapping at IoU 0.5 or more are one face) are the union;
-each detector's count of them is printed, of those that two detectors or more found (the union holds
-every detector's false positives), and of MTCNN's. A detector that is not registered is skipped, and
-the table says so.
+people included), one frame at a time as `facerec identify CLIP` detects, and eight at a time. Each
+image goes through `facerec.pipeline.engine.detect_bounded`, the pipeline's own call (a detector's
+`max_pixels` applies). Rounds repeat every measurement, the detectors taking turns on each image, and
+each image's best round counts. Recall: on the photos at each size and on the frames, the faces found
+by any detector (boxes of different detectors overlapping at IoU 0.5 or more are one face) are the
+union; each detector's count of them is printed, of those that two detectors or more found (the union
+holds every detector's false positives), and of MTCNN's. A detector that is not registered is skipped,
+and the table says so.
 
 Peer (whole processes, as a user runs them), over every photo in ../shared/faces:
 

@@ -3,12 +3,12 @@
 Each request puts its work (a job: one image to detect, one tensor of faces to embed) in a queue and
 waits for its result. A worker thread takes the first job waiting, then keeps taking jobs until the
 batch is full (`max_jobs` jobs, or jobs whose `size` adds up to `limit`) or `max_wait` seconds have
-passed since it took the first, and runs the whole batch in one call. With several workers (`threads`)
-one makes a batch while the others run theirs. One call on 16 faces costs much
+passed since it took the first, and runs the whole batch in one call. One call on 16 faces costs much
 less than 16 calls on one (the weights are read from memory once per call, and a GPU is busy only
 when given enough work), and while a call runs, the next requests gather in the queue. The wait is
 bounded: a lone request pays at most `max_wait`. A limit of 1 turns batching off: every job goes
-through in a call of its own.
+through in a call of its own. With several workers (`threads`), one makes a batch while the others
+run theirs.
 
 The server runs two: the backbone's, of faces (`size`: their number, `limit`: --max-batch), and the
 detector's, of images (facerec.service.models: `size`: the pixels the detector works on, `limit`:
