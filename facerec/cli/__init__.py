@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -113,6 +114,10 @@ def main(args: list[str] | None = None) -> None:
             f"Error: internal error: {type(error).__name__}: {error} (set FACEREC_DEBUG=1 for the traceback)"
         )
         status = 1
+    # The interpreter's last collection at exit walks every object left, some 200,000 once torch is
+    # imported: 0.3 s of each command (AMD EPYC). Frozen objects are skipped; files and stores are
+    # closed by then.
+    gc.freeze()
     sys.exit(status if isinstance(status, int) else 0)
 
 
