@@ -10,9 +10,10 @@ each side in a fresh process of its own, on the same decoded pixels (as face_rec
   (knn/train, knn/test, photos, test_images), as given boxes: `face_recognition.face_encodings(image,
   known_face_locations=boxes)` photo by photo (5-point landmarks, chip, ResNet), against the pipeline's
   aligner and backbone on the same boxes, 8 photos and 32 faces to a batch as `Pipeline.run` takes them;
-- align: the 5-point landmarks and the 150x150 chip of each of those faces, photo by photo: dlib's
-  `shape_predictor` and `get_face_chip` (what `face_encodings` runs before its ResNet) against the
-  `dlib-5point` aligner's `align`; the table gives the time per face;
+- align: the 5-point landmarks and the 150x150 chip of each of those faces: dlib's `shape_predictor`
+  and `get_face_chip` (what `face_encodings` runs before its ResNet) photo by photo, against the
+  `dlib-5point` aligner as the pipeline runs it, 8 photos at a time (`align_all`, through the engine's
+  `cut`); the table gives the time per face;
 - resnet: the ResNet alone on ready 150x150 chips (dlib's `get_face_chip` of those faces, repeated to
   `--chips`), 32 to a batch: dlib's `compute_face_descriptor(chips)` against the backbone's `embed` of
   `standardize_pictures(chips)`;
@@ -128,7 +129,7 @@ def face_recognition_side() -> Side:
 
 def facerec_side() -> Side:
     from facerec.contract.faces import Face
-    from facerec.pipeline.engine import batched, build_pipeline, create_detector
+    from facerec.pipeline.engine import batched, build_pipeline, create_detector, cut
     from facerec.pipeline.standardize import standardize_pictures
 
     pipeline = build_pipeline(detector="none", backbone="dlib-resnet", device="cpu")
@@ -142,19 +143,25 @@ def facerec_side() -> Side:
             ]
         )
 
+    def align_batch(pictures: list, boxes: list) -> list:
+        """As Pipeline.run cuts a batch's faces: the engine's `cut`, every photo of the batch at once."""
+        items = [
+            (picture, [Face(box=(left, top, right + 1, bottom + 1)) for top, right, bottom, left in found])
+            for picture, found in zip(pictures, boxes, strict=True)
+        ]
+        return [chip for chips in cut(detector, pipeline.aligner, items, pipeline.recipe) for chip in chips]
+
     def align(pictures: list, boxes: list) -> list:
         chips = []
-        for picture, found in zip(pictures, boxes, strict=True):
-            faces = [Face(box=(left, top, right + 1, bottom + 1)) for top, right, bottom, left in found]
-            chips += pipeline.aligner.align(picture, faces, pipeline.recipe.size)
+        for chunk in batched(zip(pictures, boxes, strict=True), pipeline.images_per_batch):
+            chips += align_batch(*zip(*chunk, strict=True))
         return chips
 
     def encode(pictures: list, boxes: list) -> np.ndarray:
-        """As Pipeline.run after detection: a few photos at a time, each aligned, their faces embedded."""
+        """As Pipeline.run after detection: a few photos at a time, aligned together, their faces embedded."""
         vectors = []
         for chunk in batched(zip(pictures, boxes, strict=True), pipeline.images_per_batch):
-            crops = align(*zip(*chunk, strict=True))
-            vectors.append(describe(crops))
+            vectors.append(describe(align_batch(*zip(*chunk, strict=True))))
         return np.concatenate(vectors)
 
     def locate(picture: Image.Image) -> list:

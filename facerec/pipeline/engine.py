@@ -285,8 +285,10 @@ class Pipeline:
                 result.error = error.reason
         for index, faces in zip(images, self.find(list(images.values())), strict=True):
             results[index].faces = faces
-            if faces:
-                results[index].crops = self.pictures(images[index], faces)
+        found = [index for index in images if results[index].faces]
+        items = [(images[index], results[index].faces) for index in found]
+        for index, crops in zip(found, cut(self.detector, self.aligner, items, self.recipe), strict=True):
+            results[index].crops = crops
         if self.backbone is not None:
             self._embed(results)
         return results
@@ -302,7 +304,7 @@ class Pipeline:
 
     def pictures(self, image: Image.Image, faces: Sequence[Face]) -> list[Image.Image]:
         """The backbone's input picture of each of `faces` in `image`."""
-        return cut(self.detector, self.aligner, image, faces, self.recipe)
+        return cut(self.detector, self.aligner, [(image, faces)], self.recipe)[0]
 
     def embed_pictures(self, pictures: Sequence[Image.Image]) -> torch.Tensor:
         """Unit embeddings (N, D) of input pictures, a batch of `faces_per_batch` at a time."""
@@ -352,15 +354,24 @@ def _within(image: Image.Image, limit: int | None) -> Image.Image:
 
 
 def cut(
-    detector: Detector, aligner: Aligner, image: Image.Image, faces: Sequence[Face], recipe: InputRecipe
-) -> list[Image.Image]:
-    """The backbone's input pictures of `faces`: cut by the recipe's aligner, except from a detector
-    whose faces are already aligned pictures (`aligned = True`, as `--detector none`): those are used
-    as they are, resized to the recipe's size. Aligning an aligned chip again would move it (dlib's chip
-    cut from a chip is not the chip)."""
+    detector: Detector,
+    aligner: Aligner,
+    items: Sequence[tuple[Image.Image, Sequence[Face]]],
+    recipe: InputRecipe,
+) -> list[list[Image.Image]]:
+    """The backbone's input pictures of the faces of each image in `items`: cut by the recipe's aligner
+    (all images in one call when it has `align_all`), except from a detector whose faces are already
+    aligned pictures (`aligned = True`, as `--detector none`): those are used as they are, resized to
+    the recipe's size. Aligning an aligned chip again would move it (dlib's chip cut from a chip is not
+    the chip)."""
     if getattr(detector, "aligned", False):
-        return [image.resize((recipe.size, recipe.size), Image.BILINEAR) for _ in faces]
-    return aligner.align(image, faces, recipe.size)
+        return [
+            [image.resize((recipe.size, recipe.size), Image.BILINEAR) for _ in faces]
+            for image, faces in items
+        ]
+    if hasattr(aligner, "align_all"):
+        return aligner.align_all(items, recipe.size)
+    return [aligner.align(image, faces, recipe.size) for image, faces in items]
 
 
 def create_detector(name: str, options: Mapping[str, Any] | None = None) -> Detector:

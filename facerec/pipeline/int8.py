@@ -347,7 +347,7 @@ def faces_of_photos(
         image.thumbnail((CALIBRATION_SIDE, CALIBRATION_SIDE))
         (faces,) = detector.detect([image])
         if faces:
-            pictures += cut(detector, aligner, image, faces, recipe)
+            pictures += cut(detector, aligner, [(image, faces)], recipe)[0]
             used.append({"path": str(Path(path).resolve()), "sha256": sha256_file(Path(path))})
     if not pictures:
         raise FacerecError(f"{where}: no face found to calibrate --precision int8 on")

@@ -32,18 +32,20 @@ def shape_predictor() -> ShapePredictor:
     return load_shape_predictor(*fetch(SHAPE_PREDICTOR_5))
 
 
-def _landmarks(picture: Picture, faces: Sequence[Face]) -> np.ndarray:
-    if not faces:
-        return np.zeros((0, 5, 2), dtype=np.int64)
-    rects = np.array([dlib_rectangle(face.box) for face in faces])
-    return shape_predictor().predict(picture, rects)
+def _landmarks(requests: Sequence[tuple[Picture, Sequence[Face]]]) -> list[np.ndarray]:
+    """The points of each picture's faces: all the faces of all the pictures go through the predictor
+    together (its cost is per level of its cascade, not per face)."""
+    rects = [np.array([dlib_rectangle(face.box) for face in faces]).reshape(-1, 4) for _, faces in requests]
+    return shape_predictor().predict_all(
+        [(picture, found) for (picture, _), found in zip(requests, rects, strict=True)]
+    )
 
 
 def five_point_landmarks(image: Image.Image, faces: Sequence[Face]) -> list[tuple[Point, ...]]:
     """dlib's five points for each face, in dlib's order: the outer and inner corner of the eye on the
     image's right, the outer and inner corner of the other eye, the base of the nose. Whole pixels, as
     dlib returns them. (Not facerec's `Face.landmarks`, which are eye centres, nose tip, mouth corners.)"""
-    points = _landmarks(Picture(image), faces)
+    (points,) = _landmarks([(Picture(image), faces)])
     return [tuple((float(x), float(y)) for x, y in face) for face in points]
 
 
@@ -60,10 +62,19 @@ class DlibFivePoint:
         self.settings: dict[str, Any] = {"name": "dlib-5point", "padding": self.padding}
 
     def align(self, image: Image.Image, faces: Sequence[Face], size: int) -> list[Image.Image]:
-        picture = Picture(image)
+        return self.align_all([(image, faces)], size)[0]
+
+    def align_all(
+        self, items: Sequence[tuple[Image.Image, Sequence[Face]]], size: int
+    ) -> list[list[Image.Image]]:
+        """`align` for several images at once: their landmarks in one run of the predictor."""
+        requests = [(Picture(image), faces) for image, faces in items]
         return [
-            Image.fromarray(extract_chip(picture, face_chip_details(points, size, self.padding)))
-            for points in _landmarks(picture, faces)
+            [
+                Image.fromarray(extract_chip(picture, face_chip_details(face, size, self.padding)))
+                for face in points
+            ]
+            for (picture, _), points in zip(requests, _landmarks(requests), strict=True)
         ]
 
 

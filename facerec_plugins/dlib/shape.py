@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import zipfile
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
@@ -143,20 +144,29 @@ class ShapePredictor:
 
     def predict(self, picture: Picture, rects: np.ndarray) -> np.ndarray:
         """The points (F, P, 2), integer pixels as dlib rounds them, for F dlib rectangles (F, 4) of
-        (left, top, right, bottom), inclusive, in `picture`.
+        (left, top, right, bottom), inclusive, in `picture`."""
+        return self.predict_all([(picture, rects)])[0]
+
+    def predict_all(self, requests: Sequence[tuple[Picture, np.ndarray]]) -> list[np.ndarray]:
+        """`predict` for the rectangles of several pictures at once: the points of each request.
 
         Each level is a few dozen numpy operations on all faces at once, laid out so that every one
-        runs along a long axis (feature pixels, trees) rather than a short one (x and y).
+        runs along a long axis (feature pixels, trees) rather than a short one (x and y); a photo's
+        one face costs as many operations as a batch's dozens, so faces of several photos go together.
         """
-        rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
-        corner, extent = rects[:, :2, None], (rects[:, 2:] - rects[:, :2])[:, :, None]
-        shapes = np.repeat(self.initial_shape[None], len(rects), axis=0)
-        image = _Image(picture, _surroundings(rects))
-        for level in range(len(self.anchors)):
+        if not requests:
+            return []
+        rects = [np.asarray(found, dtype=np.float64).reshape(-1, 4) for _, found in requests]
+        counts = [len(found) for found in rects]
+        every = np.concatenate(rects)
+        corner, extent = every[:, :2, None], (every[:, 2:] - every[:, :2])[:, :, None]
+        shapes = np.repeat(self.initial_shape[None], len(every), axis=0)
+        image = _Images([(picture, found) for (picture, _), found in zip(requests, rects, strict=True)])
+        for level in range(len(self.anchors) if len(every) else 0):
             intensities = image.grey(self._feature_pixels(corner, extent, shapes, level))
             shapes = self._corrected(shapes, intensities, level)
         points = np.floor(extent * shapes.transpose(0, 2, 1) + corner + 0.5)
-        return points.transpose(0, 2, 1).astype(np.int64)
+        return np.split(points.transpose(0, 2, 1).astype(np.int64), np.cumsum(counts)[:-1])
 
     def _feature_pixels(
         self, corner: np.ndarray, extent: np.ndarray, shapes: np.ndarray, level: int
@@ -199,27 +209,42 @@ def _surroundings(rects: np.ndarray) -> Box:
     return int(low[0]), int(low[1]), int(high[0]), int(high[1])
 
 
-class _Image:
-    """A picture's grey levels at feature pixels, read from a region of it converted once: the faces'
-    surroundings, grown when a feature pixel inside the image falls outside them."""
+class _Images:
+    """Pictures' grey levels at feature pixels, each read from a region of it converted once: its faces'
+    surroundings, grown when a feature pixel inside the picture falls outside them. Faces go in the
+    order of the pictures, so each picture's faces are one slice of every array."""
 
-    def __init__(self, picture: Picture, box: Box) -> None:
-        self.picture = picture
-        self.size = np.array([[picture.width], [picture.height]], dtype=np.uintp)
-        self._read(box)
+    def __init__(self, requests: Sequence[tuple[Picture, np.ndarray]]) -> None:
+        self.pictures = [picture for picture, found in requests]
+        ends = np.cumsum([len(found) for _, found in requests])
+        self.slices = [slice(end - len(found), end) for (_, found), end in zip(requests, ends, strict=True)]
+        faces = int(ends[-1]) if len(ends) else 0
+        self.size = np.empty((faces, 2, 1), dtype=np.uintp)  # each face's picture: width, height
+        self.origin = np.empty((faces, 2, 1), dtype=np.intp)  # its region: left, top
+        self.bounds = np.empty((faces, 2, 1), dtype=np.uintp)  # width, height
+        self.width = np.empty((faces, 1), dtype=np.intp)
+        self.boxes: list[Box | None] = []
+        self.pixels: list[np.ndarray] = []
+        for number, (picture, found) in enumerate(requests):
+            self.size[self.slices[number]] = [[picture.width], [picture.height]]
+            self.boxes.append(None)
+            self.pixels.append(np.zeros(1, dtype=np.uint32))
+            if len(found):
+                self._read(number, _surroundings(found))
 
-    def _read(self, box: Box) -> None:
-        self.box = self.picture.clip(box)
-        left, top, right, bottom = self.box or (0, 0, -1, -1)
-        pixels = self.picture.region(self.box) if self.box else np.zeros((1, 1, 4), dtype=np.uint8)
-        self.pixels = np.ascontiguousarray(pixels).view(np.uint32).reshape(-1)
-        self.width = right - left + 1
-        self.origin = np.array([[left], [top]], dtype=np.intp)
-        self.bounds = np.array([[self.width], [bottom - top + 1]], dtype=np.uintp)
+    def _read(self, number: int, box: Box) -> None:
+        picture, faces = self.pictures[number], self.slices[number]
+        self.boxes[number] = clipped = picture.clip(box)
+        left, top, right, bottom = clipped or (0, 0, -1, -1)
+        pixels = picture.region(clipped) if clipped else np.zeros((1, 1, 4), dtype=np.uint8)
+        self.pixels[number] = np.ascontiguousarray(pixels).view(np.uint32).reshape(-1)
+        self.width[faces] = right - left + 1
+        self.origin[faces] = [[left], [top]]
+        self.bounds[faces] = [[right - left + 1], [bottom - top + 1]]
 
     def grey(self, points: np.ndarray) -> np.ndarray:
         """(F, K) int16: dlib's grey level (r + g + b) // 3 at integer points (F, 2: x and y, K); 0 at
-        points outside the image, as dlib reads them."""
+        points outside their picture, as dlib reads them."""
         local = points - self.origin
         inside = local.view(np.uintp) < self.bounds  # a negative coordinate wraps past any bound
         inside = inside[:, 0] & inside[:, 1]
@@ -228,24 +253,33 @@ class _Image:
         index = local[:, 1] * self.width
         index += local[:, 0]
         # a point outside the region reads some pixel of it ("clip"), and 0 in the end
-        rgbx = np.take(self.pixels, index, mode="clip").view(np.uint8).reshape(*index.shape, 4)
+        if len(self.pixels) == 1:
+            rgbx = np.take(self.pixels[0], index, mode="clip")
+        else:
+            rgbx = np.empty(index.shape, dtype=np.uint32)
+            for pixels, faces in zip(self.pixels, self.slices, strict=True):
+                np.take(pixels, index[faces], out=rgbx[faces], mode="clip")
+        rgbx = rgbx.view(np.uint8).reshape(*index.shape, 4)
         grey = (rgbx[..., 0].astype(np.int16) + rgbx[..., 1] + rgbx[..., 2]) // 3
         return np.where(inside, grey, np.int16(0))
 
     def _grown(self, points: np.ndarray, read: np.ndarray) -> bool:
-        """Whether some of `points` lie in the image but not in the region `read` covers; if so, the
-        region grows to cover them."""
+        """Whether some of `points` lie in their picture but not in the region `read` covers; if so,
+        those regions grow to cover them."""
         in_image = points.view(np.uintp) < self.size
         missing = in_image[:, 0] & in_image[:, 1] & ~read
-        if not missing.any():
-            return False
-        xs, ys = points[:, 0][missing], points[:, 1][missing]
-        left, top, right, bottom = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-        if self.box is not None:
-            left, top = min(left, self.box[0]), min(top, self.box[1])
-            right, bottom = max(right, self.box[2]), max(bottom, self.box[3])
-        self._read((left, top, right, bottom))
-        return True
+        grown = False
+        for number, faces in enumerate(self.slices):
+            if not missing[faces].any():
+                continue
+            xs, ys = points[faces, 0][missing[faces]], points[faces, 1][missing[faces]]
+            left, top, right, bottom = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+            if (box := self.boxes[number]) is not None:
+                left, top = min(left, box[0]), min(top, box[1])
+                right, bottom = max(right, box[2]), max(bottom, box[3])
+            self._read(number, (left, top, right, bottom))
+            grown = True
+        return grown
 
 
 def _power_of_two(value: int) -> bool:

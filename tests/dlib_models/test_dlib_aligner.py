@@ -141,6 +141,23 @@ def test_landmarks_do_not_depend_on_how_much_of_the_image_is_read_first(photos, 
             assert five_point_landmarks(photo["image"], faces) == default, (photo["name"], reach)
 
 
+@pytest.mark.parametrize("reach", [0.35, -0.5])
+def test_images_aligned_together_get_the_chips_each_gets_alone(photos, monkeypatch, reach):
+    """`align_all` runs the faces of several images through the predictor at once: each image's pixels
+    stay its own (a reach of -0.5 grows every image's region on the predictor's first level), an image
+    without faces has no chips, and every chip is the one `align` cuts from its image alone."""
+    monkeypatch.setattr("facerec_plugins.dlib.shape.REACH", reach)
+    aligner = DlibFivePoint()
+    items = [(photo["image"], [face_of(rect) for rect in photo["rects"]]) for photo in photos]
+    items.insert(2, (Image.new("RGB", (64, 48)), []))
+    together = aligner.align_all(items, 150)
+    assert [len(chips) for chips in together] == [len(faces) for _, faces in items]
+    for (image, faces), chips in zip(items, together, strict=True):
+        for ours, alone in zip(chips, aligner.align(image, faces, 150), strict=True):
+            assert np.array_equal(np.asarray(ours), np.asarray(alone))
+    assert aligner.align_all([], 150) == []
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "CMYK"])
 def test_images_of_other_modes_align_as_their_rgb_conversion(photos, mode):
     photo = photos[2]  # six faces
