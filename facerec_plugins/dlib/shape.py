@@ -8,8 +8,8 @@ the shape. Shapes live in the detection rectangle's unit square, so the result f
 Running it matches dlib to the pixel: the same single-precision arithmetic where dlib uses floats, the
 same rounding of feature points to pixels (out-of-image ones read 0), dlib's grey level of an RGB pixel
 ((r + g + b) // 3), and the trees' corrections added in the same order. The work is vectorized over the
-faces of an image and the trees of a level: all node tests of a level at once, each tree's packed into a
-16-bit code that one table lookup turns into its leaf. Pixels are read from the faces' surroundings only
+faces (of one image, or of several: `predict_all`) and the trees of a level: all node tests of a level at
+once, each tree's packed into a 16-bit code that one table lookup turns into its leaf. Pixels are read from the faces' surroundings only
 (see facerec_plugins.dlib.picture), converted once per image and grown if a feature pixel falls outside.
 
 The file stores 1.3 million floats as 3.2 million of dlib's variable-length integers (a float is two of
@@ -268,18 +268,19 @@ class _Images:
         those regions grow to cover them."""
         in_image = points.view(np.uintp) < self.size
         missing = in_image[:, 0] & in_image[:, 1] & ~read
-        grown = False
+        if not missing.any():
+            return False
         for number, faces in enumerate(self.slices):
-            if not missing[faces].any():
+            here = missing[faces]
+            if not here.any():
                 continue
-            xs, ys = points[faces, 0][missing[faces]], points[faces, 1][missing[faces]]
+            xs, ys = points[faces, 0][here], points[faces, 1][here]
             left, top, right, bottom = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
             if (box := self.boxes[number]) is not None:
                 left, top = min(left, box[0]), min(top, box[1])
                 right, bottom = max(right, box[2]), max(bottom, box[3])
             self._read(number, (left, top, right, bottom))
-            grown = True
-        return grown
+        return True
 
 
 def _power_of_two(value: int) -> bool:
