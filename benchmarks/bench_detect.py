@@ -1,17 +1,19 @@
 """Face detection: every built-in detector side by side, then MTCNN against facenet-pytorch.
 
-Detectors (one process, the detectors built from the registry as `facerec detect --detector NAME` builds
-them, their files already in a cache or installed): ms per photo on the shared photos
+Detectors (each in a process of its own, built from the registry as `facerec detect --detector NAME`
+builds it, its files already in a cache or installed): ms per photo on the shared photos
 (../shared/faces/photos and ../shared/faces/knn/test) scaled to 640 px and to 1920 px on their long side,
 and per frame of the Hamilton clip (640x360; frames spread over the whole clip, its stage of four
 people included), one frame at a time as `facerec identify CLIP` detects, and eight at a time. Each
 image goes through `facerec.pipeline.engine.detect_bounded`, the pipeline's own call (a detector's
-`max_pixels` applies). Rounds repeat every measurement, the detectors taking turns on each image, and
-each image's best round counts. Recall: on the photos at each size and on the frames, the faces found
-by any detector (boxes of different detectors overlapping at IoU 0.5 or more are one face) are the
-union; each detector's count of them is printed, of those that two detectors or more found (the union
-holds every detector's false positives), and of MTCNN's. A detector that is not registered is skipped,
-and the table says so.
+`max_pixels` applies), `--rounds` times, and each image's best round counts. (Detectors sharing one
+process slow each other: beside centerface at bf16, MTCNN took 43-50 ms a 640 px photo instead of 34.)
+Recall: on the photos at each size and on the frames, the faces found by any detector (boxes of
+different detectors overlapping at IoU 0.5 or more are one face) are the union; each detector's count
+of them is printed, of those that two detectors or more found (the union holds every detector's false
+positives), and of MTCNN's. A detector that is not registered is skipped, and the table says so; so is
+centerface at bf16 on a machine without native bf16 (its column shows what `-D precision=bf16` gains
+where the CPU has AVX512-BF16 or AMX).
 
 Peer (whole processes, as a user runs them), over every photo in ../shared/faces:
 
@@ -45,17 +47,27 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_embed import PEER, busy_cpu_seconds, cpu_line, ensure_peer, mtcnn_home, wait_for_idle
+from bench_embed import (
+    PEER,
+    busy_cpu_seconds,
+    children_cpu_seconds,
+    cpu_line,
+    ensure_peer,
+    mtcnn_home,
+    wait_for_idle,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 SIDES = ("facenet-pytorch", "facerec")
-# (column, registered name, options): the far-faces model of blazeface too, its default being for selfies
+# (column, registered name, options): the far-faces model of blazeface too, its default being for selfies,
+# and centerface at bf16 where this machine runs bf16 natively (elsewhere the detector refuses it)
 DETECTORS = (
     ("mtcnn", "mtcnn", {}),
     ("dlib-cnn", "dlib-cnn", {}),
     ("centerface", "centerface", {}),
+    ("centerface bf16", "centerface", {"precision": "bf16"}),
     ("blazeface", "blazeface", {}),
     ("blazeface full", "blazeface", {"range": "full"}),
 )
@@ -203,47 +215,68 @@ def clip_frames(count: int) -> list:
     return [frames[int(index * step)] for index in range(min(count, len(frames)))]
 
 
-def build_detectors() -> tuple[dict[str, object], list[str]]:
-    """The registered detectors of DETECTORS by column, warmed up (weights read); the columns skipped."""
+def build_detector(column: str):
+    """The detector of DETECTORS' `column`, warmed up (weights read); else why it cannot run here (not
+    registered, or an option this machine cannot run)."""
     from PIL import Image
 
     from facerec.contract.registry import registry
+    from facerec.errors import UsageError
 
-    names = set(registry().names("detector"))
-    built, skipped = {}, []
-    for column, name, options in DETECTORS:
-        if name not in names:
-            skipped.append(column)
-            continue
-        built[column] = registry().create("detector", name, **options)
-        built[column].detect([Image.new("RGB", (64, 64))])
-    return built, skipped
+    name, options = next((name, options) for c, name, options in DETECTORS if c == column)
+    if name not in registry().names("detector"):
+        return "not registered"
+    try:
+        detector = registry().create("detector", name, **options)
+    except UsageError as error:
+        return str(error)
+    detector.detect([Image.new("RGB", (64, 64))])
+    return detector
 
 
-def timed(detectors: dict[str, object], batches: list[list], rounds: int) -> tuple[dict[str, float], dict]:
-    """Mean ms per image of each detector over `batches` (lists of images), each batch's best round; and
-    the faces each found in every image (from the last round), by column."""
+def timed(detector, batches: list[list], rounds: int) -> tuple[float, list]:
+    """Mean ms per image of `detector` over `batches` (lists of images), each batch's best round; and
+    the boxes it found in every image (in the last round)."""
     from facerec.pipeline.engine import detect_bounded
 
-    best = {column: [float("inf")] * len(batches) for column in detectors}
-    found: dict[str, list] = {column: [] for column in detectors}
+    best = [float("inf")] * len(batches)
+    found: list = []
     for round_number in range(rounds):
         for index, batch in enumerate(batches):
-            for column, detector in detectors.items():
-                started = time.perf_counter()
-                faces = detect_bounded(detector, batch)
-                best[column][index] = min(best[column][index], time.perf_counter() - started)
-                if round_number == rounds - 1:
-                    found[column].extend(faces)
-        print(f"  round {round_number + 1}: {len(batches)} batches timed", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            faces = detect_bounded(detector, batch)
+            best[index] = min(best[index], time.perf_counter() - started)
+            if round_number == rounds - 1:
+                found.extend([list(face.box) for face in image_faces] for image_faces in faces)
     count = sum(len(batch) for batch in batches)
-    return {column: 1000 * sum(times) / count for column, times in best.items()}, found
+    return 1000 * sum(best) / count, found
+
+
+def detector_worker(column: str, rounds: int, frames_timed: int) -> None:
+    """One detector's measurements, in a process of its own (detectors in one process slow each other:
+    beside centerface at bf16, MTCNN took 43 ms a 640 px photo instead of 34): one JSON line of ms per
+    image and the boxes found, by measurement."""
+    detector = build_detector(column)
+    if isinstance(detector, str):
+        print(json.dumps({"skipped": detector}))
+        return
+    speed, found = {}, {}
+    for size in SIZES:
+        images = [scaled(path, size) for path in recall_photos()]
+        speed[f"photos {size}"], found[f"photos {size}"] = timed(
+            detector, [[image] for image in images], rounds
+        )
+    frames = clip_frames(frames_timed)
+    speed["frames"], found["frames"] = timed(detector, [[frame] for frame in frames], rounds)
+    batched = [frames[start : start + BATCH] for start in range(0, len(frames), BATCH)]
+    speed["frames batched"], _ = timed(detector, batched, rounds)
+    print(json.dumps({"speed": speed, "found": found, "frame size": list(frames[0].size)}))
 
 
 def recall(found: dict[str, list]) -> dict[str, tuple[int, dict[str, int]]]:
-    """From the faces each detector (by column) found in the same images, per set of target faces
-    (`union`: found by any; `agreed`: by two detectors or more, blazeface's two models counting as
-    one; `mtcnn`: MTCNN's), its size and how many of them each detector found."""
+    """From the boxes each detector (by column) found in the same images, per set of target faces
+    (`union`: found by any; `agreed`: by two detectors or more, the two columns of blazeface, and those of
+    centerface, counting as one; `mtcnn`: MTCNN's), its size and how many of them each detector found."""
     detector_of = {column: name for column, name, _ in DETECTORS}
     images = len(next(iter(found.values())))
     targets: dict[str, list[list[list[float]]]] = {"union": [], "agreed": [], "mtcnn": []}
@@ -252,21 +285,19 @@ def recall(found: dict[str, list]) -> dict[str, tuple[int, dict[str, int]]]:
         finders: list[set[str]] = []  # the detectors that found each box of the union
         for column, faces in found.items():
             for face in faces[index]:
-                same = [k for k, box in enumerate(boxes) if box_iou(list(face.box), box) >= SAME_FACE]
+                same = [k for k, box in enumerate(boxes) if box_iou(face, box) >= SAME_FACE]
                 if same:
                     finders[same[0]].add(detector_of[column])
                 else:
-                    boxes.append(list(face.box))
+                    boxes.append(face)
                     finders.append({detector_of[column]})
         targets["union"].append(boxes)
         targets["agreed"].append([box for box, names in zip(boxes, finders, strict=True) if len(names) >= 2])
-        targets["mtcnn"].append(
-            [list(face.box) for face in found["mtcnn"][index]] if "mtcnn" in found else []
-        )
+        targets["mtcnn"].append(found["mtcnn"][index] if "mtcnn" in found else [])
 
     def hits(column: str, boxes_by_image: list[list[list[float]]]) -> int:
         return sum(
-            any(box_iou(list(face.box), box) >= SAME_FACE for face in found[column][index])
+            any(box_iou(face, box) >= SAME_FACE for face in found[column][index])
             for index, boxes in enumerate(boxes_by_image)
             for box in boxes
         )
@@ -278,46 +309,53 @@ def recall(found: dict[str, list]) -> dict[str, tuple[int, dict[str, int]]]:
 
 
 def side_by_side(args: argparse.Namespace) -> None:
+    results, skipped = {}, []
     with tempfile.TemporaryDirectory() as folder:
-        os.environ["TORCH_HOME"] = str(mtcnn_home(Path(folder)))
-        detectors, skipped = build_detectors()
-        photos = recall_photos()
-        wait_for_idle(args.wait)
-        busy, started = busy_cpu_seconds(), time.perf_counter()
-        own = time.process_time()
-        rows: list[tuple[str, dict[str, str]]] = []
-        recalls = {}
-        for size in SIZES:
-            images = [scaled(path, size) for path in photos]
-            print(f"photos at {size} px", file=sys.stderr, flush=True)
-            speed, found = timed(detectors, [[image] for image in images], args.rounds)
-            rows.append((f"per photo at {size} px, ms", {c: f"{v:.0f}" for c, v in speed.items()}))
-            recalls[size] = recall(found)
-        frames = clip_frames(args.frames)
-        width, height = frames[0].size
-        print(f"{len(frames)} frames", file=sys.stderr, flush=True)
-        speed, found = timed(detectors, [[frame] for frame in frames], args.rounds)
-        rows.append((f"per video frame ({width}x{height}), ms", {c: f"{v:.1f}" for c, v in speed.items()}))
-        recalls["frames"] = recall(found)
-        batched = [frames[start : start + BATCH] for start in range(0, len(frames), BATCH)]
-        speed, _ = timed(detectors, batched, args.rounds)
-        rows.append((f"per video frame, {BATCH} at a time, ms", {c: f"{v:.1f}" for c, v in speed.items()}))
-        labels = {
-            "union": "faces found {where}, of the {total} any detector found",
-            "agreed": "faces found {where}, of the {total} two detectors or more found",
-            "mtcnn": "faces found {where}, of MTCNN's {total}",
-        }
-        for size in [*SIZES, "frames"]:
-            where = f"in the {len(frames)} frames" if size == "frames" else f"at {size} px"
-            for label, (total, counts) in recalls[size].items():
-                if total or label != "mtcnn":
-                    text = labels[label].format(where=where, total=total)
-                    rows.append((text, {column: str(count) for column, count in counts.items()}))
+        env = {**os.environ, "TORCH_HOME": str(mtcnn_home(Path(folder)))}
+        busy, ours, started = busy_cpu_seconds(), children_cpu_seconds(), time.perf_counter()
+        for column, _, _ in DETECTORS:
+            wait_for_idle(args.wait)
+            print(f"{column}", file=sys.stderr, flush=True)
+            command = [sys.executable, __file__, "--detector-worker", column]
+            command += ["--rounds", str(args.rounds), "--frames", str(args.frames)]
+            output = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            if output.returncode != 0:
+                sys.exit(f"{column} failed:\n{output.stderr}")
+            result = json.loads(output.stdout.strip().splitlines()[-1])
+            if "skipped" in result:
+                skipped.append(f"{column} ({result['skipped']})")
+            else:
+                results[column] = result
         elapsed = time.perf_counter() - started
-        others = max(busy_cpu_seconds() - busy - (time.process_time() - own), 0.0) / elapsed
+        others = max(busy_cpu_seconds() - busy - (children_cpu_seconds() - ours), 0.0) / elapsed
+    width, height = next(iter(results.values()))["frame size"]
+    labels = {f"photos {size}": f"per photo at {size} px, ms" for size in SIZES}
+    labels |= {
+        "frames": f"per video frame ({width}x{height}), ms",
+        "frames batched": f"per video frame, {BATCH} at a time, ms",
+    }
+    rows = [
+        (
+            label,
+            {c: f"{r['speed'][key]:.{0 if key.startswith('photos') else 1}f}" for c, r in results.items()},
+        )
+        for key, label in labels.items()
+    ]
+    targets = {
+        "union": "faces found {where}, of the {total} any detector found",
+        "agreed": "faces found {where}, of the {total} two detectors or more found",
+        "mtcnn": "faces found {where}, of MTCNN's {total}",
+    }
+    for key in [*(f"photos {size}" for size in SIZES), "frames"]:
+        where = f"in the {args.frames} frames" if key == "frames" else f"at {key.split()[1]} px"
+        for label, (total, counts) in recall({c: r["found"][key] for c, r in results.items()}).items():
+            if total or label != "mtcnn":
+                rows.append(
+                    (targets[label].format(where=where, total=total), {c: str(n) for c, n in counts.items()})
+                )
     columns = [column for column, _, _ in DETECTORS]
     print(
-        f"{len(photos)} photos, {len(frames)} frames, {args.rounds} rounds; {cpu_line()}; {os.cpu_count()} cores"
+        f"{len(recall_photos())} photos, {args.frames} frames, {args.rounds} rounds; {cpu_line()}; {os.cpu_count()} cores"
     )
     print(f"\n| detector | {' | '.join(columns)} |")
     print(f"| --- |{' ---: |' * len(columns)}")
@@ -325,7 +363,7 @@ def side_by_side(args: argparse.Namespace) -> None:
         print(f"| {label} | {' | '.join(values.get(column, 'skipped') for column in columns)} |")
     print(f"\nother processes kept {others:.2f} cores busy on average during these measurements")
     if skipped:
-        print(f"skipped (not registered): {', '.join(skipped)}")
+        print(f"skipped: {'; '.join(skipped)}")
 
 
 # The peer comparison (whole processes).
@@ -361,9 +399,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=40, help="frames of the Hamilton clip timed")
     parser.add_argument("--skip", choices=("detectors", "peer"), help="leave out one of the two sections")
     parser.add_argument("--worker", nargs="+", metavar="IMAGE", help=argparse.SUPPRESS)
+    parser.add_argument("--detector-worker", metavar="COLUMN", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         facenet_pytorch_worker(args.worker)
+        return
+    if args.detector_worker:
+        detector_worker(args.detector_worker, args.rounds, args.frames)
         return
     if args.skip != "detectors":
         side_by_side(args)
