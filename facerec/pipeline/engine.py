@@ -405,8 +405,8 @@ def build_pipeline(
     overrides this CPU's choice (for a gallery's network). `auto` is chosen now, among `allowed` (None:
     any); the faces of the first MEASURED_PHOTOS of `photos` (the command's own, when it has some) are
     those bf16 is checked on, so that a command offline does not need the demo photos for that. The
-    detector runs at `detector_precision`: by default bf16 when bf16 is asked for by name, else fp32 (auto chooses for the backbone only: at bf16 MTCNN's boxes move, see
-    facerec.pipeline.precision).
+    detector runs at `detector_precision`: by default bf16 when bf16 is asked for by name, else fp32
+    (auto chooses for the backbone only: at bf16 MTCNN's boxes move, see facerec.pipeline.precision).
     """
     found = create_detector(detector, detector_options)
     plugin = backbone_plugin(backbone)
