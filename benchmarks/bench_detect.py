@@ -254,7 +254,7 @@ def timed(detector, batches: list[list], rounds: int) -> tuple[float, list]:
 
 def detector_worker(column: str, rounds: int, frames_timed: int) -> None:
     """One detector's measurements, in a process of its own (detectors in one process slow each other:
-    beside centerface at bf16, MTCNN took 43 ms a 640 px photo instead of 34): one JSON line of ms per
+    beside centerface at bf16, MTCNN took 43-50 ms a 640 px photo instead of 34): one JSON line of ms per
     image and the boxes found, by measurement."""
     detector = build_detector(column)
     if isinstance(detector, str):
@@ -309,6 +309,18 @@ def recall(found: dict[str, list]) -> dict[str, tuple[int, dict[str, int]]]:
 
 
 def side_by_side(args: argparse.Namespace) -> None:
+    results, skipped, others = run_detectors(args)
+    if not results:
+        sys.exit(f"no detector ran: {'; '.join(skipped)}")
+    print(detectors_table(results, args.rounds))
+    print(f"\nother processes kept {others:.2f} cores busy on average during these measurements")
+    if skipped:
+        print(f"skipped: {'; '.join(skipped)}")
+
+
+def run_detectors(args: argparse.Namespace) -> tuple[dict[str, dict], list[str], float]:
+    """Each column's worker, one after the other: their results by column, the columns skipped (with
+    why), and the cores other processes kept busy meanwhile."""
     results, skipped = {}, []
     with tempfile.TemporaryDirectory() as folder:
         env = {**os.environ, "TORCH_HOME": str(mtcnn_home(Path(folder)))}
@@ -328,7 +340,13 @@ def side_by_side(args: argparse.Namespace) -> None:
                 results[column] = result
         elapsed = time.perf_counter() - started
         others = max(busy_cpu_seconds() - busy - (children_cpu_seconds() - ours), 0.0) / elapsed
-    width, height = next(iter(results.values()))["frame size"]
+    return results, skipped, others
+
+
+def detectors_table(results: dict[str, dict], rounds: int) -> str:
+    """The speed and recall table, a column per detector of DETECTORS ("skipped" where none ran)."""
+    some = next(iter(results.values()))
+    (width, height), frames = some["frame size"], len(some["found"]["frames"])
     labels = {f"photos {size}": f"per photo at {size} px, ms" for size in SIZES}
     labels |= {
         "frames": f"per video frame ({width}x{height}), ms",
@@ -347,23 +365,22 @@ def side_by_side(args: argparse.Namespace) -> None:
         "mtcnn": "faces found {where}, of MTCNN's {total}",
     }
     for key in [*(f"photos {size}" for size in SIZES), "frames"]:
-        where = f"in the {args.frames} frames" if key == "frames" else f"at {key.split()[1]} px"
+        where = f"in the {frames} frames" if key == "frames" else f"at {key.split()[1]} px"
         for label, (total, counts) in recall({c: r["found"][key] for c, r in results.items()}).items():
             if total or label != "mtcnn":
-                rows.append(
-                    (targets[label].format(where=where, total=total), {c: str(n) for c, n in counts.items()})
-                )
+                text = targets[label].format(where=where, total=total)
+                rows.append((text, {c: str(n) for c, n in counts.items()}))
     columns = [column for column, _, _ in DETECTORS]
-    print(
-        f"{len(recall_photos())} photos, {args.frames} frames, {args.rounds} rounds; {cpu_line()}; {os.cpu_count()} cores"
-    )
-    print(f"\n| detector | {' | '.join(columns)} |")
-    print(f"| --- |{' ---: |' * len(columns)}")
-    for label, values in rows:
-        print(f"| {label} | {' | '.join(values.get(column, 'skipped') for column in columns)} |")
-    print(f"\nother processes kept {others:.2f} cores busy on average during these measurements")
-    if skipped:
-        print(f"skipped: {'; '.join(skipped)}")
+    lines = [
+        f"{len(recall_photos())} photos, {frames} frames, {rounds} rounds; {cpu_line()}; {os.cpu_count()} cores",
+        "",
+        f"| detector | {' | '.join(columns)} |",
+        f"| --- |{' ---: |' * len(columns)}",
+    ]
+    lines += [
+        f"| {label} | {' | '.join(values.get(c, 'skipped') for c in columns)} |" for label, values in rows
+    ]
+    return "\n".join(lines)
 
 
 # The peer comparison (whole processes).
