@@ -9,7 +9,8 @@ intermediate value after its last use so that memory holds a few feature maps, n
 Rewrites save work and give the same values (to float32 rounding): a Relu that alone reads a
 convolution's output is applied in place by that convolution (`Convolution`, which also picks the
 fastest way to run it), a transposed convolution that paints blocks runs as a matrix product
-(`Upsampling`), and an Add writes its sum over an input that no other node reads.
+(`Upsampling`), an Add writes its sum over an input that no other node reads, and a bfloat16 ReLU on
+the CPU clamps its bits as int16 (`relu_`).
 
 The operators are those such networks use (2-D convolutions and transposed convolutions, inference
 batch normalization, ReLU, sigmoid, addition), each with its ONNX semantics; a file using any other
@@ -111,7 +112,28 @@ class Convolution(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = pointwise(self.conv, x) if self.pointwise and blas_takes(x) else self.conv(x)
-        return y.relu_() if self.relu else y
+        return relu_(y) if self.relu else y
+
+
+class Relu(nn.Module):
+    """ONNX `Relu`, in place when nothing else reads its input (half the memory of a wide layer)."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return relu_(x if self.inplace else x.clone())
+
+
+def relu_(x: torch.Tensor) -> torch.Tensor:
+    """`x.relu_()`, and for bfloat16 on the CPU an int16 clamp of the same bits: torch's bfloat16 ReLU
+    there took 147 us on a 32 x 192 x 256 map, the clamp 30 (AMD EPYC), and a bfloat16 is negative
+    exactly when its bits as an int16 are (a NaN with its sign bit set becomes 0, not NaN)."""
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+        x.view(torch.int16).clamp_min_(0)
+        return x
+    return x.relu_()
 
 
 class Upsampling(nn.Module):
@@ -286,7 +308,7 @@ BUILDERS: dict[str, Callable[[Node], nn.Module]] = {
     "Conv": lambda node: _convolution(node, transposed=False),
     "ConvTranspose": lambda node: _convolution(node, transposed=True),
     "BatchNormalization": _batch_norm,
-    "Relu": lambda node: nn.ReLU(inplace=node.owns_input),  # in place: half the memory of a wide layer
+    "Relu": lambda node: Relu(inplace=node.owns_input),
     "Sigmoid": lambda node: nn.Sigmoid(),
     "Add": _add,
 }

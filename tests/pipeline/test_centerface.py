@@ -36,7 +36,7 @@ from facerec_plugins.detectors.centerface import (
     network_input,
     working_size,
 )
-from facerec_plugins.detectors.onnx_graph import load_graph
+from facerec_plugins.detectors.onnx_graph import Relu, load_graph
 from facerec_plugins.facenet.mtcnn import iou
 from support import PHOTOS
 from support.cli import run_cli
@@ -264,6 +264,20 @@ def test_a_lower_threshold_finds_more_candidates_and_never_fewer_faces(detector)
 def test_bad_options_are_usage_errors(options, message):
     with pytest.raises(UsageError, match=message):
         registry().create("detector", "centerface", **options)
+
+
+def test_the_relu_of_bfloat16_maps_is_torchs():
+    """bfloat16 ReLUs run as an int16 clamp of their bits; every value, zeros and infinities included,
+    comes out as torch's ReLU gives it, in place or not."""
+    values = torch.tensor([-3.5, -1e-30, -0.0, 0.0, 1e-30, 2.25, float("inf"), -float("inf")])
+    maps = torch.cat([values, torch.randn(4088)]).to(torch.bfloat16).view(1, 16, 16, 16)
+    for inplace in (False, True):
+        given = maps.clone().contiguous(memory_format=torch.channels_last)
+        out = Relu(inplace=inplace)(given)
+        assert torch.equal(out, torch.relu(maps)) and out.dtype == torch.bfloat16
+        assert torch.equal(given, torch.relu(maps) if inplace else maps)
+    floats = maps.float()
+    assert torch.equal(Relu(inplace=False)(floats), torch.relu(floats))
 
 
 def test_bf16_runs_where_the_cpu_has_it_and_is_refused_in_one_line_elsewhere(detector):
