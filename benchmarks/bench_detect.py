@@ -6,8 +6,10 @@ builds it, its files already in a cache or installed): ms per photo on the share
 and per frame of the Hamilton clip (640x360; frames spread over the whole clip, its stage of four
 people included), one frame at a time as `facerec identify CLIP` detects, and eight at a time. Each
 image goes through `facerec.pipeline.engine.detect_bounded`, the pipeline's own call (a detector's
-`max_pixels` applies), `--rounds` times, and each image's best round counts. (Detectors sharing one
-process slow each other: beside centerface at bf16, MTCNN took 43-50 ms a 640 px photo instead of 34.)
+`max_pixels` applies), `--rounds` times, and each image's best round counts; each detector runs in
+`--processes` processes (2), the detectors taking turns, and its fastest process counts: MTCNN's ms a
+640 px photo went from 33 to 44 from one process to the next, and sharing one process with the other
+detectors it took 43-50.
 Recall: on the photos at each size and on the frames, the faces found by any detector (boxes of
 different detectors overlapping at IoU 0.5 or more are one face) are the union; each detector's count
 of them is printed, of those that two detectors or more found (the union holds every detector's false
@@ -29,7 +31,7 @@ seconds) for the CPUs to go idle, and the table says how many cores other proces
 sides use torch's default threads. Detections are identical when every image has the same number of
 faces and each pair, both largest first, overlaps at IoU 0.95 or more with scores within 0.01.
 
-    .venv/bin/python benchmarks/bench_detect.py [--rounds 3] [--frames 40] [--skip detectors|peer]
+    .venv/bin/python benchmarks/bench_detect.py [--rounds 3] [--processes 2] [--frames 40] [--skip detectors|peer]
 """
 
 from __future__ import annotations
@@ -253,9 +255,8 @@ def timed(detector, batches: list[list], rounds: int) -> tuple[float, list]:
 
 
 def detector_worker(column: str, rounds: int, frames_timed: int) -> None:
-    """One detector's measurements, in a process of its own (detectors in one process slow each other:
-    beside centerface at bf16, MTCNN took 43-50 ms a 640 px photo instead of 34): one JSON line of ms per
-    image and the boxes found, by measurement."""
+    """One detector's measurements, in a process of its own: one JSON line of ms per image and the boxes
+    found, by measurement."""
     detector = build_detector(column)
     if isinstance(detector, str):
         print(json.dumps({"skipped": detector}))
@@ -312,38 +313,44 @@ def side_by_side(args: argparse.Namespace) -> None:
     results, skipped, others = run_detectors(args)
     if not results:
         sys.exit(f"no detector ran: {'; '.join(skipped)}")
-    print(detectors_table(results, args.rounds))
+    print(detectors_table(results, args.rounds, args.processes))
     print(f"\nother processes kept {others:.2f} cores busy on average during these measurements")
     if skipped:
         print(f"skipped: {'; '.join(skipped)}")
 
 
 def run_detectors(args: argparse.Namespace) -> tuple[dict[str, dict], list[str], float]:
-    """Each column's worker, one after the other: their results by column, the columns skipped (with
-    why), and the cores other processes kept busy meanwhile."""
-    results, skipped = {}, []
+    """Each column's worker, one after the other, `--processes` times over: their results by column
+    (each measurement the fastest process's), the columns skipped (with why), and the cores other
+    processes kept busy meanwhile."""
+    results: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as folder:
         env = {**os.environ, "TORCH_HOME": str(mtcnn_home(Path(folder)))}
         busy, ours, started = busy_cpu_seconds(), children_cpu_seconds(), time.perf_counter()
-        for column, _, _ in DETECTORS:
-            wait_for_idle(args.wait)
-            print(f"{column}", file=sys.stderr, flush=True)
-            command = [sys.executable, __file__, "--detector-worker", column]
-            command += ["--rounds", str(args.rounds), "--frames", str(args.frames)]
-            output = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-            if output.returncode != 0:
-                sys.exit(f"{column} failed:\n{output.stderr}")
-            result = json.loads(output.stdout.strip().splitlines()[-1])
-            if "skipped" in result:
-                skipped.append(f"{column} ({result['skipped']})")
-            else:
-                results[column] = result
+        for _ in range(args.processes):
+            for column, _, _ in DETECTORS:
+                wait_for_idle(args.wait)
+                print(f"{column}", file=sys.stderr, flush=True)
+                command = [sys.executable, __file__, "--detector-worker", column]
+                command += ["--rounds", str(args.rounds), "--frames", str(args.frames)]
+                output = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+                if output.returncode != 0:
+                    sys.exit(f"{column} failed:\n{output.stderr}")
+                result = json.loads(output.stdout.strip().splitlines()[-1])
+                if "skipped" in result:
+                    skipped[column] = f"{column} ({result['skipped']})"
+                elif column in results:
+                    kept = results[column]["speed"]
+                    kept.update({key: min(kept[key], value) for key, value in result["speed"].items()})
+                else:
+                    results[column] = result
         elapsed = time.perf_counter() - started
         others = max(busy_cpu_seconds() - busy - (children_cpu_seconds() - ours), 0.0) / elapsed
-    return results, skipped, others
+    return results, list(skipped.values()), others
 
 
-def detectors_table(results: dict[str, dict], rounds: int) -> str:
+def detectors_table(results: dict[str, dict], rounds: int, processes: int) -> str:
     """The speed and recall table, a column per detector of DETECTORS ("skipped" where none ran)."""
     some = next(iter(results.values()))
     (width, height), frames = some["frame size"], len(some["found"]["frames"])
@@ -372,7 +379,8 @@ def detectors_table(results: dict[str, dict], rounds: int) -> str:
                 rows.append((text, {c: str(n) for c, n in counts.items()}))
     columns = [column for column, _, _ in DETECTORS]
     lines = [
-        f"{len(recall_photos())} photos, {frames} frames, {rounds} rounds; {cpu_line()}; {os.cpu_count()} cores",
+        f"{len(recall_photos())} photos, {frames} frames, {rounds} rounds in each of {processes} processes a"
+        f" detector; {cpu_line()}; {os.cpu_count()} cores",
         "",
         f"| detector | {' | '.join(columns)} |",
         f"| --- |{' ---: |' * len(columns)}",
@@ -412,6 +420,9 @@ def compare(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--processes", type=int, default=2, help="processes per detector (the fastest counts), in turn"
+    )
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for idle CPUs per run")
     parser.add_argument("--frames", type=int, default=40, help="frames of the Hamilton clip timed")
     parser.add_argument("--skip", choices=("detectors", "peer"), help="leave out one of the two sections")
