@@ -1,6 +1,6 @@
 """Face detection: every built-in detector side by side, then MTCNN against facenet-pytorch.
 
-Detectors (each in a process of its own, built from the registry as `facerec detect --detector NAME`
+Detectors (each in processes of its own, built from the registry as `facerec detect --detector NAME`
 builds it, its files already in a cache or installed): ms per photo on the shared photos
 (../shared/faces/photos and ../shared/faces/knn/test) scaled to 640 px and to 1920 px on their long side,
 and per frame of the Hamilton clip (640x360; frames spread over the whole clip, its stage of four
@@ -10,6 +10,7 @@ image goes through `facerec.pipeline.engine.detect_bounded`, the pipeline's own 
 `--processes` processes (2), the detectors taking turns, and its fastest process counts: MTCNN's ms a
 640 px photo went from 33 to 44 from one process to the next, and sharing one process with the other
 detectors it took 43-50.
+
 Recall: on the photos at each size and on the frames, the faces found by any detector (boxes of
 different detectors overlapping at IoU 0.5 or more are one face) are the union; each detector's count
 of them is printed, of those that two detectors or more found (the union holds every detector's false
