@@ -253,12 +253,9 @@ class _Images:
         index = local[:, 1] * self.width
         index += local[:, 0]
         # a point outside the region reads some pixel of it ("clip"), and 0 in the end
-        if len(self.pixels) == 1:
-            rgbx = np.take(self.pixels[0], index, mode="clip")
-        else:
-            rgbx = np.empty(index.shape, dtype=np.uint32)
-            for pixels, faces in zip(self.pixels, self.slices, strict=True):
-                np.take(pixels, index[faces], out=rgbx[faces], mode="clip")
+        rgbx = np.empty(index.shape, dtype=np.uint32)
+        for pixels, faces in zip(self.pixels, self.slices, strict=True):
+            np.take(pixels, index[faces], out=rgbx[faces], mode="clip")
         rgbx = rgbx.view(np.uint8).reshape(*index.shape, 4)
         grey = (rgbx[..., 0].astype(np.int16) + rgbx[..., 1] + rgbx[..., 2]) // 3
         return np.where(inside, grey, np.int16(0))
