@@ -13,6 +13,7 @@ for.
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import socket
 import sys
@@ -90,6 +91,10 @@ def run(service: Service, listener: socket.socket) -> None:
         file=sys.stderr,
         flush=True,
     )
+    # What start-up made (torch, the models, the app) lives as long as the server: frozen, it is left
+    # out of every later collection, which would otherwise walk its hundreds of thousands of objects
+    # each time, holding the interpreter's lock, while requests wait.
+    gc.freeze()
     uvicorn.Server(config).run(sockets=[listener])
 
 
