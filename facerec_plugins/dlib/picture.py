@@ -52,9 +52,10 @@ def _four_byte_pixels(image: Image.Image, box: Box) -> np.ndarray:
 
     PIL's raw encoder writes the box's rows as four-byte pixels (no repacking to three bytes) straight
     from the image into one buffer, which numpy then reads in place: one copy, where `crop().tobytes()`
-    makes three (the crop, the encoder's blocks, their join), three times slower. Other modes are
-    converted to RGB first, pixel by pixel, so the crop of the converted image is the conversion of the
-    crop.
+    makes three (the crop, the encoder's blocks, their join), three times slower. The encoder is the one
+    `Image.tobytes` itself runs (`Image._getencoder`): PIL offers no public call for a region's bytes.
+    Other modes are converted to RGB first, pixel by pixel, so the crop of the converted image is the
+    conversion of the crop.
     """
     left, top, right, bottom = box
     extents = (left, top, right + 1, bottom + 1)

@@ -158,7 +158,7 @@ def test_images_aligned_together_get_the_chips_each_gets_alone(photos, monkeypat
     assert aligner.align_all([], 150) == []
 
 
-@pytest.mark.parametrize("mode", ["L", "P", "CMYK"])
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "RGBA", "RGBX"])
 def test_images_of_other_modes_align_as_their_rgb_conversion(photos, mode):
     photo = photos[2]  # six faces
     image = photo["image"].convert(mode)
