@@ -93,7 +93,9 @@ def run(service: Service, listener: socket.socket) -> None:
     )
     # What start-up made (torch, the models, the app) lives as long as the server: frozen, it is left
     # out of every later collection, which would otherwise walk its hundreds of thousands of objects
-    # each time, holding the interpreter's lock, while requests wait.
+    # each time, holding the interpreter's lock, while requests wait. Start-up's garbage is collected
+    # first, or it would be frozen with the rest and never freed.
+    gc.collect()
     gc.freeze()
     uvicorn.Server(config).run(sockets=[listener])
 
