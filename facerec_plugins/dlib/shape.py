@@ -8,9 +8,10 @@ the shape. Shapes live in the detection rectangle's unit square, so the result f
 Running it matches dlib to the pixel: the same single-precision arithmetic where dlib uses floats, the
 same rounding of feature points to pixels (out-of-image ones read 0), dlib's grey level of an RGB pixel
 ((r + g + b) // 3), and the trees' corrections added in the same order. The work is vectorized over the
-faces (of one image, or of several: `predict_all`) and the trees of a level: all node tests of a level at
-once, each tree's packed into a 16-bit code that one table lookup turns into its leaf. Pixels are read from the faces' surroundings only
-(see facerec_plugins.dlib.picture), converted once per image and grown if a feature pixel falls outside.
+faces (of one image, or of several) and the trees of a level: all node tests of a level at once, each
+tree's packed into a 16-bit code that one table lookup turns into its leaf. Pixels are read from the
+faces' surroundings only (see facerec_plugins.dlib.picture), converted once per image and grown if a
+feature pixel falls outside.
 
 The file stores 1.3 million floats as 3.2 million of dlib's variable-length integers (a float is two of
 them); decoding them one by one in Python takes seconds, so the whole file, which holds nothing but such
@@ -142,13 +143,9 @@ class ShapePredictor:
         """(N,) intp: each tree's first leaf among the level's leaves."""
         return np.arange(self.trees) * (self.leaves.shape[1] // self.trees)
 
-    def predict(self, picture: Picture, rects: np.ndarray) -> np.ndarray:
-        """The points (F, P, 2), integer pixels as dlib rounds them, for F dlib rectangles (F, 4) of
-        (left, top, right, bottom), inclusive, in `picture`."""
-        return self.predict_all([(picture, rects)])[0]
-
     def predict_all(self, requests: Sequence[tuple[Picture, np.ndarray]]) -> list[np.ndarray]:
-        """`predict` for the rectangles of several pictures at once: the points of each request.
+        """For each (picture, rects) request, the points (F, P, 2), integer pixels as dlib rounds them,
+        of its F dlib rectangles (F, 4) of (left, top, right, bottom), inclusive, in its picture.
 
         Each level is a few dozen numpy operations on all faces at once, laid out so that every one
         runs along a long axis (feature pixels, trees) rather than a short one (x and y); a photo's
