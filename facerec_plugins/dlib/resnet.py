@@ -42,6 +42,7 @@ from torch import nn
 from facerec.plugin import FacerecError, InputRecipe, Register, WeightFile, check_fits, hookimpl
 from facerec_plugins.dlib.dnn import DlibLayer, DlibNetwork, read_network
 from facerec_plugins.dlib.models import RESNET_V1
+from facerec_plugins.fusedconv import convolve
 
 CHIP_SIZE = 150
 EMBEDDING_SIZE = 128
@@ -159,17 +160,18 @@ def folded(layer: ConvAffine) -> nn.Conv2d:
 
 
 class FusedBlock(nn.Module):
-    """A ResidualBlock with folded convolutions, computed in place where it can be."""
+    """A ResidualBlock with folded convolutions, computed in place where it can be, its ReLUs and the
+    sum of a stride-1 block done inside the convolutions' kernels (facerec_plugins.fusedconv)."""
 
     def __init__(self, block: ResidualBlock):
         super().__init__()
         self.conv1, self.conv2, self.stride = folded(block.conv1), folded(block.conv2), block.stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2(self.conv1(x).relu_())
+        inner = convolve(self.conv1, x, relu=True)
         if self.stride == 1:
-            return out.add_(x).relu_()
-        return zero_padded_sum(out, F.avg_pool2d(x, 2, 2)).relu_()
+            return convolve(self.conv2, inner, relu=True, add_to=x)  # x: read by no other layer
+        return zero_padded_sum(self.conv2(inner), F.avg_pool2d(x, 2, 2)).relu_()
 
 
 class FusedDlibResnet(nn.Module):
@@ -191,7 +193,9 @@ class FusedDlibResnet(nn.Module):
 
     @torch.inference_mode()
     def descriptors(self, x: torch.Tensor) -> torch.Tensor:
-        grid = F.max_pool2d(self.stem(x.contiguous(memory_format=torch.channels_last)).relu_(), 3, 2)
+        grid = F.max_pool2d(
+            convolve(self.stem, x.contiguous(memory_format=torch.channels_last), relu=True), 3, 2
+        )
         return self.embed(self.blocks(grid).mean((2, 3)))
 
     @torch.inference_mode()

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_weights
 
 from facerec.plugin import InputRecipe, Register, WeightFile, check_fits, hookimpl, require_state_dict
+from facerec_plugins.fusedconv import convolve
 
 RELEASES = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 EMBEDDING_SIZE = 512
@@ -205,22 +206,30 @@ class InceptionResnetV1(nn.Module):
 
 
 class FoldedConv(nn.Module):
-    """A convolution with bias standing for a convolution times `gain` plus `bias` (batch norm, scale).
+    """A convolution with bias standing for a convolution times `gain` plus `bias` (batch norm, scale),
+    and the ReLU after it when `relu`, done inside the convolution's kernel (facerec_plugins.fusedconv).
 
     The weight is written once, channels-last: with both input and weight in that layout oneDNN takes
     its fast path and needs no reordering per call.
     """
 
-    def __init__(self, like: nn.Conv2d, gain: torch.Tensor | float, bias: torch.Tensor):
+    def __init__(self, like: nn.Conv2d, gain: torch.Tensor | float, bias: torch.Tensor, relu: bool = False):
         super().__init__()
         weight = torch.empty_like(like.weight, memory_format=torch.channels_last, requires_grad=False)
         torch.mul(like.weight, gain, out=weight)
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = nn.Parameter(bias, requires_grad=False)
-        self.stride, self.padding = like.stride, like.padding
+        self.stride, self.padding, self.dilation, self.groups = (
+            like.stride,
+            like.padding,
+            like.dilation,
+            like.groups,
+        )
+        self.relu = relu
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+    def forward(self, x: torch.Tensor, add_to: torch.Tensor | None = None) -> torch.Tensor:
+        """relu(conv(x) + add_to), ReLU if `relu`, written into `add_to` when it is given."""
+        return convolve(self, x, self.relu, add_to)
 
     def conv2d(self) -> nn.Conv2d:
         """The same convolution as a Conv2d module (what quantization recognizes), its weight in the
@@ -238,8 +247,7 @@ def fused(layer: nn.Module) -> nn.Module:
     if isinstance(layer, ConvBnRelu):
         bn = layer.bn
         gain = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        conv = FoldedConv(layer.conv, gain.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * gain)
-        return nn.Sequential(conv, nn.ReLU(inplace=True))
+        return FoldedConv(layer.conv, gain.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * gain, relu=True)
     if isinstance(layer, nn.Sequential):
         return nn.Sequential(*map(fused, layer))
     if isinstance(layer, ResidualInception):
@@ -255,12 +263,11 @@ class FusedResidual(InceptionBranches):
     def __init__(self, block: ResidualInception):
         super().__init__([fused(branch) for branch in block.branches()])
         projection = block.conv2d
-        self.up = FoldedConv(projection, block.scale, projection.bias * block.scale)
-        self.relu = block.relu
+        self.up = FoldedConv(projection, block.scale, projection.bias * block.scale, relu=block.relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.up(super().forward(x)).add_(x)
-        return out.relu_() if self.relu else out
+        """The sum is written into `x`, which no other layer reads."""
+        return self.up(super().forward(x), add_to=x)
 
 
 class FusedInceptionResnetV1(nn.Module):
@@ -295,9 +302,7 @@ def quantizable(layer: nn.Module) -> nn.Module:
     """A layer of FusedInceptionResnetV1 as torch.fx can trace and quantize it: plain Conv2d modules
     followed by ReLU modules (which fuse into quantized conv-relu), sums out of place."""
     if isinstance(layer, FoldedConv):
-        return layer.conv2d()
-    if isinstance(layer, nn.ReLU):
-        return nn.ReLU()
+        return nn.Sequential(layer.conv2d(), nn.ReLU()) if layer.relu else layer.conv2d()
     if isinstance(layer, nn.Sequential):
         return nn.Sequential(*map(quantizable, layer))
     if isinstance(layer, FusedResidual):
@@ -319,7 +324,7 @@ class QuantizableBranches(nn.Module):
 class QuantizableResidual(QuantizableBranches):
     def __init__(self, block: FusedResidual):
         super().__init__(block)
-        self.up, self.relu = block.up.conv2d(), block.relu
+        self.up, self.relu = block.up.conv2d(), block.up.relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.up(super().forward(x)) + x
