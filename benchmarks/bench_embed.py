@@ -30,9 +30,10 @@ Rounds alternate the sides of a group and the best round of each counts: the mac
 so each round waits (up to `--wait` seconds) for the CPUs to go idle and reports how many cores other
 processes kept busy while it ran. The rate is set against the CPU's peak FP32 rate, estimated from lscpu
 (cores x clock x FLOPs per cycle), and against a large matrix product, the rate this CPU reaches in
-practice; int8 and bf16 rates count the FP32 work they replace. The CPU's model and the flags that decide
-precisions are printed with every table. The torch processes use torch's default threads, or
-`--threads`; dlib-bin's DNN runs on one core (no BLAS), as the "CPU cores used" row shows.
+practice, and against a matrix product at the side's own precision (bf16, int8), what the CPU reaches
+at that precision; int8 and bf16 rates count the FP32 work they replace. The CPU's model and the flags
+that decide precisions are printed with every table. The torch processes use torch's default threads,
+or `--threads`; dlib-bin's DNN runs on one core (no BLAS), as the "CPU cores used" row shows.
 
     .venv/bin/python benchmarks/bench_embed.py [--faces 256] [--batch 32] [--rounds 3] [--threads N]
         [--models inception-resnet dlib-resnet] [--precisions fp32 int8 bf16 auto]
@@ -53,6 +54,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,19 +317,33 @@ def estimated_peak() -> Peak:
     return Peak(gflops, ghz, how)
 
 
-def matmul_gflops(wait_s: float) -> float:
-    """The FP32 rate of a large matrix product with torch's default threads, on idle CPUs if they get idle.
+def matmul_gflops(wait_s: float) -> dict[str, float]:
+    """The rate of a large matrix product at fp32, bf16 and int8 with torch's default threads, on idle
+    CPUs if they get idle: a floor for the CPU's peak at each precision, against which each side's
+    embedding rate is set (int8 and bf16 counted as the FP32 work they replace).
 
-    MKL's matrix product runs close to the FMA units' limit, so this is a floor for the true peak: when it
-    beats the lscpu estimate, the CPU runs above the clock it reports (turbo).
+    MKL's FP32 product runs close to the FMA units' limit: when it beats the lscpu estimate, the CPU runs
+    above the clock it reports (turbo). bf16 runs on oneDNN (AMX tiles where the CPU has them); int8 is
+    torch's `_int_mm` (int8 in, int32 out, VNNI or AMX-INT8), absent from some builds.
     """
     import torch
 
-    a, b = torch.randn(3072, 3072), torch.randn(3072, 3072)
-    a @ b
-    wait_for_idle(wait_s)
-    best = min(_timed(lambda: a @ b) for _ in range(5))
-    return 2 * 3072**3 / best / 1e9
+    size = 3072
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    products = {
+        "fp32": (a, b, torch.matmul),
+        "bf16": (a.bfloat16(), b.bfloat16(), torch.matmul),
+        "int8": (a.mul(20).to(torch.int8), b.mul(20).to(torch.int8), getattr(torch, "_int_mm", None)),
+    }
+    rates = {}
+    for precision, (x, y, product) in products.items():
+        try:
+            product(x, y)
+        except (TypeError, RuntimeError, NotImplementedError):
+            continue  # this build has no such product on the CPU
+        wait_for_idle(wait_s)
+        rates[precision] = 2 * size**3 / min(_timed(partial(product, x, y)) for _ in range(5)) / 1e9
+    return rates
 
 
 def _timed(call) -> float:
@@ -346,7 +362,13 @@ def cpu_line() -> str:
 
 
 def table(
-    group: Group, sides: list[str], best: dict[str, dict], args, peak: Peak, matmul: float, checks: dict
+    group: Group,
+    sides: list[str],
+    best: dict[str, dict],
+    args,
+    peak: Peak,
+    matmuls: dict[str, float],
+    checks: dict,
 ) -> str:
     """One markdown table: each side's figures, then each precision against FP32 and FP32 against the peer."""
     fp32 = f"{group.model}@fp32"
@@ -362,6 +384,13 @@ def table(
     def rate(side: dict) -> float:
         return args.faces * group.gflop_per_face / side["embed_s"]
 
+    def own_matmul(side: dict) -> str:
+        precision = side["precision"] if side["precision"] in matmuls else "fp32"  # the peers: fp32
+        return f"{rate(side) / matmuls[precision]:.0%}"
+
+    matmul = matmuls["fp32"]
+    own = ", ".join(f"{precision} {value:.0f}" for precision, value in matmuls.items())
+
     def ratios(key: str) -> list[str]:
         found = [f"{best[group.peer][key] / best[fp32][key]:.2f}x"]  # FP32 against the peer
         return found + [f"{best[fp32][key] / best[side][key]:.2f}x" for side in sides[2:]]
@@ -373,7 +402,8 @@ def table(
         ("CPU cores used (embedding)", [f"{run['embed_cpu_s'] / run['embed_s']:.2f}" for run in runs], []),
         ("GFLOP/s (embedding; int8, bf16: the FP32 work they replace)", [f"{rate(run):.0f}" for run in runs], []),
         (f"share of peak FP32 per lscpu ({peak.gflops:.0f} GFLOP/s)", [f"{rate(run) / peak.gflops:.0%}" for run in runs], []),
-        (f"share of a measured 3072² matmul ({matmul:.0f} GFLOP/s)", [f"{rate(run) / matmul:.0%}" for run in runs], []),
+        (f"share of a measured 3072² fp32 matmul ({matmul:.0f} GFLOP/s)", [f"{rate(run) / matmul:.0%}" for run in runs], []),
+        (f"share of a 3072² matmul at the side's precision ({own} GFLOP/s)", [own_matmul(run) for run in runs], []),
         ("cosine to facerec FP32, worst / median", [checks[side] for side in sides], []),
     ]  # fmt: skip
     threads = best[fp32]["threads"]
@@ -466,10 +496,10 @@ def compare(args: argparse.Namespace) -> None:
             best = best_rounds(sides, weights, folder, args)
             checks = {**cosines(group, sides, folder), "first runs": said}
             tables.append((group, sides, best, checks))
-    matmul = matmul_gflops(args.wait)
+    matmuls = matmul_gflops(args.wait)
     for group, sides, best, checks in tables:
         print()
-        print(table(group, sides, best, args, peak, matmul, checks))
+        print(table(group, sides, best, args, peak, matmuls, checks))
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ the real CLI. (tests/pipeline/test_precision_choice.py tests what decides precis
 Inception-ResNet's pretrained weights cannot be fetched here, so its accuracy is measured with the seeded
 weights of tests/support/seeded_weights.py (a network that quantizes well under arbitrary weights; the real ones
 are checked by benchmarks/bench_embed.py where they exist). Calibration uses the demo's gallery photos;
-the accuracy is measured on other photos, so it is not the calibration set scoring itself. This machine's
-CPU has no native bf16: bf16 runs emulated here, slowly, with the numbers native bf16 gives. The test
+the accuracy is measured on other photos, so it is not the calibration set scoring itself. On a CPU
+without native bf16, bf16 runs emulated, slowly, with the numbers native bf16 gives. The test
 session runs at FACEREC_PRECISION=fp32 (tests/conftest.py); these tests clear it to test auto.
 """
 
