@@ -31,7 +31,9 @@ def _registered() -> bool:
 REGISTERED = _registered()
 
 
-def convolve(conv: nn.Conv2d, x: torch.Tensor, relu: bool = False, add_to: torch.Tensor | None = None):
+def convolve(
+    conv: nn.Conv2d, x: torch.Tensor, relu: bool = False, add_to: torch.Tensor | None = None
+) -> torch.Tensor:
     """relu(conv(x) + add_to), the ReLU when `relu`, the sum when `add_to` is given; the sum is written
     into `add_to` (which the caller gives up) rather than into a new tensor. `conv` is any module with a
     Conv2d's weight, bias, stride, padding, dilation and groups."""
