@@ -6,7 +6,8 @@ file is read with the `onnx` package's own reader (the protobuf schema; the extr
 installs it): every node becomes a torch module holding its initializers as parameters, and the
 module's forward runs the nodes in the graph's order (ONNX requires it to be topological), freeing each
 intermediate value after its last use so that memory holds a few feature maps, not the whole graph's.
-Rewrites save work and give the same values (to float32 rounding): a Relu that alone reads a
+Rewrites save work and give the same values (to float32 rounding): a BatchNormalization that alone
+reads a convolution's output is folded into its weights and bias, a Relu that alone reads a
 convolution's output is applied in place by that convolution (`Convolution`, which also picks the
 fastest way to run it), a transposed convolution that paints blocks runs as a matrix product
 (`Upsampling`), an Add writes its sum over an input that no other node reads, and a bfloat16 ReLU on
@@ -105,7 +106,7 @@ class Convolution(nn.Module):
     other convolutions, and every one on other devices, in other types or under autocast, are the
     module's own. The ReLU is applied in place, no new map allocated."""
 
-    def __init__(self, conv: nn.Conv2d, relu: bool) -> None:
+    def __init__(self, conv: nn.Conv2d, relu: bool = False) -> None:
         super().__init__()
         self.conv, self.relu = conv, relu
         self.pointwise = is_pointwise(conv)
@@ -141,18 +142,19 @@ class Upsampling(nn.Module):
     2x upsampling): each input pixel paints its own block of output pixels. On a float32 channels-last
     CPU picture it runs as one matrix product whose rows are the blocks, reshuffled into place: torch's
     own transposed convolution there is a generic path that fills and folds a large buffer at every
-    call. Elsewhere, torch's. The same values, to float32 rounding."""
+    call. Elsewhere, torch's. The same values, to float32 rounding. The `Relu` that alone reads its
+    output, when `relu`, in place."""
 
-    def __init__(self, conv: nn.ConvTranspose2d) -> None:
+    def __init__(self, conv: nn.ConvTranspose2d, relu: bool = False) -> None:
         super().__init__()
-        self.conv = conv
+        self.conv, self.relu = conv, relu
         self.blocks = conv.kernel_size == conv.stride and conv.groups == 1 and conv.dilation == (1, 1)
         self.blocks &= conv.padding == (0, 0) and conv.output_padding == (0, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
         if not (self.blocks and blas_takes(x)):
-            return conv(x)
+            return relu_(conv(x)) if self.relu else conv(x)
         n, channels, height, width = x.shape
         rows, columns = conv.kernel_size
         weight = conv.weight.permute(0, 2, 3, 1).reshape(channels, -1)  # (in, row, column, out) per input
@@ -161,7 +163,8 @@ class Upsampling(nn.Module):
         y = blocks.reshape(n, height * rows, width * columns, -1)
         if conv.bias is not None:
             y += conv.bias
-        return y.permute(0, 3, 1, 2)  # channels-last, a view
+        y = y.permute(0, 3, 1, 2)  # channels-last, a view
+        return relu_(y) if self.relu else y
 
 
 def load_graph(path: str | Path) -> OnnxGraph:
@@ -210,22 +213,29 @@ def _fuse(
     readers = Counter([name for reads, _ in wiring for name in reads] + kept)
     producers = {writes: position for position, (_, writes) in enumerate(wiring)}
     dropped: set[int] = set()
-    for position, (layer, (reads, writes)) in enumerate(zip(layers, wiring, strict=True)):
+
+    def absorb(position: int, source: int) -> None:
+        """Layer `source` now writes what layer `position` wrote, and `position` is gone."""
+        writes = wiring[position][1]
+        wiring[source] = (wiring[source][0], writes)
+        producers[writes] = source
+        dropped.add(position)
+
+    for position, (layer, (reads, _)) in enumerate(zip(layers, wiring, strict=True)):
         source = producers.get(reads[0]) if reads else None
+        alone = source is not None and readers[reads[0]] == 1  # the only reader of its source's output
+        convolution = alone and isinstance(layers[source], Convolution | Upsampling)
         if type(layer) is nn.Conv2d:
-            layers[position] = Convolution(layer, relu=False)
+            layers[position] = Convolution(layer)
         elif type(layer) is nn.ConvTranspose2d:
             layers[position] = Upsampling(layer)
-        elif (
-            isinstance(layer, nn.ReLU)
-            and source is not None
-            and isinstance(layers[source], Convolution)
-            and readers[reads[0]] == 1
-        ):
+        elif isinstance(layer, nn.BatchNorm2d) and convolution and _foldable(layers[source]):
+            _fold_batch_norm(layers[source].conv, layer)
+            layers[source] = type(layers[source])(layers[source].conv)  # its bias may be new
+            absorb(position, source)
+        elif isinstance(layer, Relu) and convolution:
             layers[source].relu = True
-            wiring[source] = (wiring[source][0], writes)
-            producers[writes] = source
-            dropped.add(position)
+            absorb(position, source)
         elif isinstance(layer, Add):
             owned = [index for index, name in enumerate(reads) if name in producers and readers[name] == 1]
             layer.owned = owned[0] if owned else None
@@ -233,6 +243,23 @@ def _fuse(
     return [layers[position] for position in kept_positions], [
         wiring[position] for position in kept_positions
     ]
+
+
+def _foldable(layer: Convolution | Upsampling) -> bool:
+    """Whether a batch norm after `layer` folds into it: no ReLU between, and for a transposed
+    convolution one group (with more, its weight's second axis is a group's channels, not all)."""
+    return not layer.relu and (isinstance(layer, Convolution) or layer.conv.groups == 1)
+
+
+def _fold_batch_norm(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
+    """Make `conv` compute bn(conv(x)): each output channel's weights and bias times the norm's gain,
+    its bias shifted. A transposed convolution's weight holds its output channels second."""
+    with torch.no_grad():
+        gain = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(gain)
+        shape = (1, -1, 1, 1) if isinstance(conv, nn.ConvTranspose2d) else (-1, 1, 1, 1)
+        conv.weight.mul_(gain.reshape(shape))
+        conv.bias = nn.Parameter((bias - bn.running_mean) * gain + bn.bias)
 
 
 class _Unsupported(Exception):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import zipfile
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -441,3 +442,14 @@ def test_the_graph_keeps_few_values_alive():
     assert not set(freed) & set(network.outputs)
     written = {writes for _, writes in network.wiring}
     assert set(freed) | set(network.outputs) == written | set(network.inputs)
+
+
+def test_a_relu_that_alone_reads_a_convolution_is_applied_by_it():
+    """CenterFace's file has 42 Relu nodes, 39 the only reader of a convolution's output, 3 of a batch
+    norm's after a transposed convolution: the norms fold into those, no Relu is left as a layer of its
+    own, and the convolutions apply them (the values are the file's, as the equivalence tests check)."""
+    network = load_graph(installed_copy(WEIGHTS))
+    kinds = Counter(type(layer).__name__ for layer in network.layers)
+    assert kinds["Relu"] == kinds["BatchNorm2d"] == 0
+    assert kinds["Convolution"] == 60 and kinds["Upsampling"] == 3
+    assert sum(getattr(layer, "relu", False) for layer in network.layers) == 42
