@@ -8,7 +8,7 @@ less than 16 calls on one (the weights are read from memory once per call, and a
 when given enough work), and while a call runs, the next requests gather in the queue. The wait is
 bounded: a lone request pays at most `max_wait`. A limit of 1 turns batching off: every job goes
 through in a call of its own. With several workers (`threads`), one makes a batch while the others
-run theirs.
+run theirs; each worker runs torch on `torch_threads` threads of its own (torch_threads, below).
 
 The server runs two: the backbone's, of faces (`size`: their number, `limit`: --max-batch), and the
 detector's, of images (facerec.service.models: `size`: the pixels the detector works on, `limit`:
@@ -17,7 +17,11 @@ its working size, so a batch holds one large photo or many small ones; `max_jobs
 already spreads one call over all the cores. The detector's has two, because a detector's call is
 partly Python and numpy on one core (MTCNN's suppression and box arithmetic between its networks):
 with one worker the other core idled through those parts (AMD EPYC, 2 cores, 16 clients: 12.9
-requests/s with one, 17.6 with two). The queue is unbounded here; the server bounds what reaches it
+requests/s with one, 17.6 with two). Each of the two runs torch on half the cores: when both ran it on
+all of them, their threads outnumbered the cores, and the CPU time a request cost rose (Intel Xeon with
+AMX, 2 cores, 16 clients with 640 px photos, benchmarks/bench_serve.py: 92 ms of server CPU a request
+and 18.15 requests/s while every thread ran torch on both cores, 85 ms and 19.57 with each given its
+share). The queue is unbounded here; the server bounds what reaches it
 (see facerec.service.limits.Admission).
 """
 
@@ -49,7 +53,8 @@ class _Job(Generic[T]):
 class Batcher(Generic[T, R]):
     """Runs `call` (the jobs' work, in order -> one result each) on batches of the jobs submitted
     meanwhile: at most `max_jobs` jobs (None: no bound) whose sizes add up to at most `limit` (a job
-    larger than that runs alone), on `threads` worker threads."""
+    larger than that runs alone), on `threads` worker threads, each running torch on `torch_threads`
+    threads (None: what torch gives a new thread)."""
 
     def __init__(
         self,
@@ -60,6 +65,7 @@ class Batcher(Generic[T, R]):
         max_jobs: int | None = None,
         name: str = "facerec-batcher",
         threads: int = 1,
+        torch_threads: int | None = None,
     ) -> None:
         if limit < 1 or max_wait < 0 or (max_jobs is not None and max_jobs < 1):
             raise ValueError("limit and max_jobs must be at least 1 and max_wait at least 0")
@@ -68,6 +74,7 @@ class Batcher(Generic[T, R]):
         self.max_wait = max_wait
         self.size = size
         self.max_jobs = max_jobs
+        self.torch_threads = torch_threads
         self.calls = 0  # batches run
         self._counting = threading.Lock()
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -77,7 +84,11 @@ class Batcher(Generic[T, R]):
 
     @classmethod
     def of_tensors(
-        cls, call: Callable[[torch.Tensor], torch.Tensor], max_rows: int, max_wait: float = 0.005
+        cls,
+        call: Callable[[torch.Tensor], torch.Tensor],
+        max_rows: int,
+        max_wait: float = 0.005,
+        torch_threads: int | None = None,
     ) -> Batcher[torch.Tensor, torch.Tensor]:
         """A batcher of tensors (N, ...) for `call` (N, ...) -> (N, ...), such as a backbone's embed:
         the jobs' rows go through in one call on their concatenation, at most `max_rows` rows."""
@@ -85,7 +96,7 @@ class Batcher(Generic[T, R]):
         def together(parts: list[torch.Tensor]) -> list[torch.Tensor]:
             return list(call(torch.cat(parts)).split([len(part) for part in parts]))
 
-        return cls(together, max_rows, max_wait)
+        return cls(together, max_rows, max_wait, torch_threads=torch_threads)
 
     def start(self) -> None:
         for thread in self._threads:
@@ -109,6 +120,8 @@ class Batcher(Generic[T, R]):
         return await asyncio.wrap_future(self.submit(work))
 
     def _work(self) -> None:
+        if self.torch_threads is not None:
+            torch_threads(self.torch_threads)
         while True:
             with self._gathering:
                 batch = self._gather()
@@ -149,3 +162,11 @@ class Batcher(Generic[T, R]):
                 self.calls += 1
         for job, result in zip(batch, results, strict=True):
             job.future.set_result(result)
+
+
+def torch_threads(count: int) -> None:
+    """Run torch's operations on this thread with `count` threads. Torch keeps the count per thread
+    (OpenMP's), and a thread started later begins with the count last set on any thread (torch 2.14),
+    so every thread of the server that runs torch sets its own rather than inherit an accident of
+    order."""
+    torch.set_num_threads(count)

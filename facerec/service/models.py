@@ -15,6 +15,11 @@ the machine has cores: more threads would only share them.
 
 `--max-detect-batch 1` turns detection batching off: each image is then decoded, detected and cut in
 one go on its CPU thread, images side by side on the pool's threads.
+
+Threads that run torch side by side share the cores rather than each take them all: the backbone's
+batcher runs torch on all of the process's threads (torch's count when the models are loaded), each
+of the two detection workers on half of them, each thread of the pools on its share
+(facerec.service.batching.torch_threads).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from facerec.gallery.provenance import Provenance
 from facerec.pipeline.engine import ImageResult, Pipeline
 from facerec.pipeline.images import ImageError, load_image
 from facerec.pipeline.standardize import standardize_pictures
-from facerec.service.batching import Batcher
+from facerec.service.batching import Batcher, torch_threads
 from facerec.service.errors import ServiceError
 from facerec.service.limits import PixelBudget
 
@@ -96,11 +101,13 @@ class Models:
         self.pipeline = pipeline
         self.made = made
         self.detecting = replace(pipeline, backbone=None)
-        self.batcher = Batcher.of_tensors(pipeline.backbone.embed, max_faces, max_wait)
+        cores = torch.get_num_threads()
+        self.batcher = Batcher.of_tensors(pipeline.backbone.embed, max_faces, max_wait, cores)
         self.finder = detection_batcher(self.detecting, max_images, max_wait) if max_images > 1 else None
         self.workers = workers or os.cpu_count() or 1
-        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="facerec-cpu")
-        self.videos = ThreadPoolExecutor(self.workers, thread_name_prefix="facerec-video")
+        share = {"initializer": torch_threads, "initargs": (max(1, cores // self.workers),)}
+        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="facerec-cpu", **share)
+        self.videos = ThreadPoolExecutor(self.workers, thread_name_prefix="facerec-video", **share)
         self.stopping = threading.Event()
         self.spool = tempfile.mkdtemp(prefix="facerec-serve-")
         self.pixels = pixels
@@ -221,7 +228,10 @@ def detection_batcher(detecting: Pipeline, max_images: int, max_wait: float) -> 
         return min(image.width * image.height, limit)
 
     threads = min(DETECTION_WORKERS, os.cpu_count() or 1)
-    return Batcher(detecting.find, limit, max_wait, working_pixels, max_images, "facerec-detector", threads)
+    share = max(1, torch.get_num_threads() // threads)
+    return Batcher(
+        detecting.find, limit, max_wait, working_pixels, max_images, "facerec-detector", threads, share
+    )
 
 
 def warm_up(pipeline: Pipeline) -> None:

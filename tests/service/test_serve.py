@@ -24,7 +24,7 @@ from PIL import Image
 from support import SHARED
 from support.cli import run_cli
 from support.gallery import shrink, small_people, weights_cache
-from support.serve import Server, holds_lock, post_image
+from support.serve import Server, assert_same_json, holds_lock, post_image
 
 READ_KEY = "read-key-0123456789abcdef"
 WRITE_KEY = "write-key-0123456789abcdef"
@@ -80,22 +80,6 @@ def cli_json(made, *args: object, cwd: Path | None = None) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def assert_same_json(got, expected, where="") -> None:
-    """Equal JSON, floats computed from embeddings within 1e-5 (a batch's make-up moves the last bits)."""
-    if isinstance(expected, float) and isinstance(got, float):
-        assert math.isclose(got, expected, abs_tol=1e-5), f"{where}: {got} != {expected}"
-    elif isinstance(expected, dict):
-        assert isinstance(got, dict) and got.keys() == expected.keys(), f"{where}: {got} != {expected}"
-        for key in expected:
-            assert_same_json(got[key], expected[key], f"{where}.{key}")
-    elif isinstance(expected, list):
-        assert isinstance(got, list) and len(got) == len(expected), f"{where}: {got} != {expected}"
-        for number, (a, b) in enumerate(zip(got, expected, strict=True)):
-            assert_same_json(a, b, f"{where}[{number}]")
-    else:
-        assert got == expected, f"{where}: {got!r} != {expected!r}"
-
-
 def test_health_and_identities_are_the_gallery_as_the_cli_shows_it(made, server):
     health = requests.get(api(server, "/health"), timeout=30)
     listing = requests.get(api(server, "/v1/identities"), headers=READ, timeout=30)
@@ -138,7 +122,7 @@ def test_detect_embed_identify_answer_what_the_cli_prints(made, server):
         detected = [
             {key: face[key] for key in ("box", "score", "landmarks")} for face in by_identify["faces"]
         ]
-        assert answers["detect"].json() == {"image": name, "faces": detected}
+        assert_same_json(answers["detect"].json(), {"image": name, "faces": detected}, name)
     narrow = post_image(
         api(server, "/v1/identify"),
         made.photos / "pair.jpg",

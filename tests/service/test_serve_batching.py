@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 from PIL import Image
 
 from facerec.pipeline.engine import build_pipeline
 from facerec.pipeline.images import load_image
-from facerec.service.batching import Batcher
+from facerec.service.batching import Batcher, torch_threads
 from facerec.service.models import detection_batcher
 from support import KNN, PHOTOS
 from support.gallery import shrink, weights_cache
@@ -88,8 +89,10 @@ def test_the_detector_batcher_detects_concurrent_images_in_fewer_calls(photos, m
     monkeypatch.setenv("TORCH_HOME", str(weights_cache(tmp_path / "torch-home")))
     pipeline = build_pipeline(embed=False, device="cpu")
     images = [load_image(photo) for photo in photos[:-1]]
-    alone = [pipeline.find([image])[0] for image in images]
     batcher = detection_batcher(pipeline, max_images=16, max_wait=0.5)
+    with ThreadPoolExecutor(1, initializer=torch_threads, initargs=(batcher.torch_threads,)) as one:
+        # one at a time, on as many threads of torch as the batcher's workers: only batching differs
+        alone = [one.submit(pipeline.find, [image]).result()[0] for image in images]
     start = threading.Barrier(len(images))
 
     def submit(image: Image.Image) -> list:
@@ -123,3 +126,29 @@ def test_a_batcher_with_two_workers_runs_two_batches_at_once_and_stops_both():
     finally:
         batcher.stop()
     assert batcher.calls == 4  # and stop returned: it joins the workers
+
+
+def test_each_worker_runs_torch_on_the_threads_it_is_given_and_leaves_the_callers_alone():
+    """Two workers on one thread of torch each (as the server's detection workers on 2 cores): every
+    batch's call sees one, whatever count the thread that made the batcher has."""
+    before = torch.get_num_threads()
+    both = threading.Barrier(2, timeout=30)
+
+    def call(jobs: list[int]) -> list[int]:
+        both.wait()  # two workers, side by side
+        return [torch.get_num_threads() for _ in jobs]
+
+    batcher = Batcher(call, limit=1, max_wait=0.0, size=lambda job: 1, threads=2, torch_threads=1)
+    batcher.start()
+    try:
+        futures = [batcher.submit(job) for job in range(4)]
+        assert [future.result(timeout=60) for future in futures] == [1, 1, 1, 1]
+    finally:
+        batcher.stop()
+    assert torch.get_num_threads() == before
+
+
+def test_the_detection_workers_share_the_cores(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(weights_cache(tmp_path / "torch-home")))
+    batcher = detection_batcher(build_pipeline(embed=False, device="cpu"), max_images=16, max_wait=0.0)
+    assert batcher.torch_threads == max(1, torch.get_num_threads() // len(batcher._threads))

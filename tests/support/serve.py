@@ -3,6 +3,7 @@ stopped or killed. Nothing stands in for the server: clients talk HTTP to the pr
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -73,3 +74,22 @@ def holds_lock(pid: int, file: Path) -> bool:
         for fields in (line.split() for line in Path("/proc/locks").read_text().splitlines())
         if len(fields) > 5
     )
+
+
+def assert_same_json(got, expected, where: str = "", tolerance: float = 1e-5) -> None:
+    """Equal JSON, floats within `tolerance` or a millionth of their size: a batch's make-up, and the
+    number of threads torch runs an operation on (the server's detection workers run on fewer than the
+    CLI), move the last bits of a float32 (and a float printed to 4 decimals by one unit of the last:
+    tolerance 1e-4)."""
+    if isinstance(expected, float) and isinstance(got, float):
+        assert math.isclose(got, expected, rel_tol=1e-6, abs_tol=tolerance), f"{where}: {got} != {expected}"
+    elif isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys(), f"{where}: {got} != {expected}"
+        for key in expected:
+            assert_same_json(got[key], expected[key], f"{where}.{key}", tolerance)
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), f"{where}: {got} != {expected}"
+        for number, (a, b) in enumerate(zip(got, expected, strict=True)):
+            assert_same_json(a, b, f"{where}[{number}]", tolerance)
+    else:
+        assert got == expected, f"{where}: {got!r} != {expected!r}"
