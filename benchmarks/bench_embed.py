@@ -33,7 +33,11 @@ processes kept busy while it ran. The rate is set against the CPU's peak FP32 ra
 practice, and against a matrix product at the side's own precision (bf16, int8), what the CPU reaches
 at that precision; int8 and bf16 rates count the FP32 work they replace. The CPU's model and the flags
 that decide precisions are printed with every table. The torch processes use torch's default threads,
-or `--threads`; dlib-bin's DNN runs on one core (no BLAS), as the "CPU cores used" row shows.
+or `--threads`; dlib-bin's DNN runs on one core (no BLAS), as the "CPU cores used" row shows. The
+workers may write Python's compiled modules (`__pycache__`), as a user's Python does, even where the
+environment says not to (PYTHONDONTWRITEBYTECODE): otherwise facerec, run from its checkout, would
+compile its sources in every process (74 ms of a worker's start-up seen here) while the peers, installed
+by pip, would not.
 
     .venv/bin/python benchmarks/bench_embed.py [--faces 256] [--batch 32] [--rounds 3] [--threads N]
         [--models inception-resnet dlib-resnet] [--precisions fp32 int8 bf16 auto]
@@ -247,7 +251,8 @@ def run_side(side: str, weights: Path | None, args: argparse.Namespace, out: Pat
     command = [sys.executable, __file__, "--worker", side, "--out", str(out)]
     command += ["--faces", str(args.faces), "--batch", str(args.batch)]
     command += ["--weights", str(weights)] if weights else []
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as a user's Python keeps compiled modules (see the docstring)
     wait_for_idle(args.wait)
     busy, ours = busy_cpu_seconds(), children_cpu_seconds()
     started = time.perf_counter()
