@@ -166,7 +166,7 @@ class Batcher(Generic[T, R]):
 
 def torch_threads(count: int) -> None:
     """Run torch's operations on this thread with `count` threads. Torch keeps the count per thread
-    (OpenMP's), and a thread started later begins with the count last set on any thread (torch 2.14),
-    so every thread of the server that runs torch sets its own rather than inherit an accident of
-    order."""
+    (OpenMP's), and a thread that first runs torch begins with the count last set on any thread (torch
+    2.14), so every thread of the server that runs torch sets its own rather than inherit an accident
+    of order."""
     torch.set_num_threads(count)

@@ -85,7 +85,21 @@ def test_concurrent_photos_give_the_faces_each_gives_alone(server, photos):
     assert concurrent == alone * 2
 
 
-def test_the_detector_batcher_detects_concurrent_images_in_fewer_calls(photos, monkeypatch, tmp_path):
+@pytest.fixture
+def torch_threads_kept():
+    """A thread that first runs torch after another thread set torch's count begins with that count:
+    the count the test began with is set again, on a fresh thread (on one whose count already equals it
+    setting it changes nothing), so that later tests' threads begin with it."""
+    before = torch.get_num_threads()
+    yield before
+    again = threading.Thread(target=torch.set_num_threads, args=(before,))
+    again.start()
+    again.join()
+
+
+def test_the_detector_batcher_detects_concurrent_images_in_fewer_calls(
+    photos, monkeypatch, tmp_path, torch_threads_kept
+):
     monkeypatch.setenv("TORCH_HOME", str(weights_cache(tmp_path / "torch-home")))
     pipeline = build_pipeline(embed=False, device="cpu")
     images = [load_image(photo) for photo in photos[:-1]]
@@ -128,10 +142,10 @@ def test_a_batcher_with_two_workers_runs_two_batches_at_once_and_stops_both():
     assert batcher.calls == 4  # and stop returned: it joins the workers
 
 
-def test_each_worker_runs_torch_on_the_threads_it_is_given_and_leaves_the_callers_alone():
+def test_each_worker_runs_torch_on_the_threads_it_is_given_and_leaves_the_callers_alone(torch_threads_kept):
     """Two workers on one thread of torch each (as the server's detection workers on 2 cores): every
     batch's call sees one, whatever count the thread that made the batcher has."""
-    before = torch.get_num_threads()
+    before = torch_threads_kept
     both = threading.Barrier(2, timeout=30)
 
     def call(jobs: list[int]) -> list[int]:
