@@ -123,43 +123,38 @@ def test_the_detector_batcher_detects_concurrent_images_in_fewer_calls(
     assert batcher.calls < len(images)
 
 
-def test_a_batcher_with_two_workers_runs_two_batches_at_once_and_stops_both():
-    """One batch's call waits until a second call has started: it returns only if the two workers run
-    batches side by side. Every job gets its own result, and stop ends both workers."""
+def side_by_side(answer, **options) -> tuple[list, Batcher]:
+    """Four jobs through a batcher of two workers whose calls each wait until the other's has started
+    (so they return only if the workers run batches side by side); `answer(job)` is each job's result.
+    The results, and the batcher, stopped."""
     both = threading.Barrier(2, timeout=30)
 
-    def call(jobs: list[int]) -> list[int]:
+    def call(jobs: list[int]) -> list:
         both.wait()  # a second batch must be running too
-        return [job * 10 for job in jobs]
+        return [answer(job) for job in jobs]
 
-    batcher = Batcher(call, limit=1, max_wait=0.0, size=lambda job: 1, threads=2)
+    batcher = Batcher(call, limit=1, max_wait=0.0, size=lambda job: 1, threads=2, **options)
     batcher.start()
     try:
         futures = [batcher.submit(job) for job in range(4)]
-        assert [future.result(timeout=60) for future in futures] == [0, 10, 20, 30]
+        return [future.result(timeout=60) for future in futures], batcher
     finally:
         batcher.stop()
+
+
+def test_a_batcher_with_two_workers_runs_two_batches_at_once_and_stops_both():
+    """Every job gets its own result, and stop ends both workers."""
+    results, batcher = side_by_side(lambda job: job * 10)
+    assert results == [0, 10, 20, 30]
     assert batcher.calls == 4  # and stop returned: it joins the workers
 
 
 def test_each_worker_runs_torch_on_the_threads_it_is_given_and_leaves_the_callers_alone(torch_threads_kept):
     """Two workers on one thread of torch each (as the server's detection workers on 2 cores): every
     batch's call sees one, whatever count the thread that made the batcher has."""
-    before = torch_threads_kept
-    both = threading.Barrier(2, timeout=30)
-
-    def call(jobs: list[int]) -> list[int]:
-        both.wait()  # two workers, side by side
-        return [torch.get_num_threads() for _ in jobs]
-
-    batcher = Batcher(call, limit=1, max_wait=0.0, size=lambda job: 1, threads=2, torch_threads=1)
-    batcher.start()
-    try:
-        futures = [batcher.submit(job) for job in range(4)]
-        assert [future.result(timeout=60) for future in futures] == [1, 1, 1, 1]
-    finally:
-        batcher.stop()
-    assert torch.get_num_threads() == before
+    results, _ = side_by_side(lambda job: torch.get_num_threads(), torch_threads=1)
+    assert results == [1, 1, 1, 1]
+    assert torch.get_num_threads() == torch_threads_kept
 
 
 def test_the_detection_workers_share_the_cores(monkeypatch, tmp_path):
