@@ -21,7 +21,10 @@ say whether the file is intact.
 from __future__ import annotations
 
 import json
+import mmap
+import os
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,19 +99,38 @@ def read_checked(path: Path) -> tuple[bytes, str | None]:
     """The bytes of `path`, read once and checked against the sums recorded beside it, and the one they
     match (None when nothing is recorded). Damaged names the file when they match none."""
     data = path.read_bytes()
+    return data, check(path, data)
+
+
+def check(path: Path, data: Any) -> str | None:
+    """The recorded sum of `path` that the bytes-like `data` (its bytes, read or mapped) match, None when
+    nothing is recorded. Damaged names the file when they match none."""
     sums = recorded(path)
     if sums is None:
-        return data, None
+        return None
+    size = memoryview(data).nbytes
     digest = xxh128(data)
-    if any(s["xxh3_128"] == digest and s["size"] == len(data) for s in sums):
-        return data, digest
-    sizes = " or ".join(str(size) for size in sorted({s["size"] for s in sums}))
+    if any(s["xxh3_128"] == digest and s["size"] == size for s in sums):
+        return digest
+    sizes = " or ".join(str(n) for n in sorted({s["size"] for s in sums}))
     what = (
-        f"is {len(data)} bytes, not the {sizes}"
-        if all(s["size"] != len(data) for s in sums)
+        f"is {size} bytes, not the {sizes}"
+        if all(s["size"] != size for s in sums)
         else "does not match the checksum"
     )
     raise Damaged(f"{path}: damaged: it {what} recorded in {record_of(path).name} when it was written")
+
+
+@contextmanager
+def mapped(path: Path) -> Iterator[Any]:
+    """The bytes of `path`, mapped read-only rather than read into memory: weights files are large, and
+    hashing or checking a mapping copies nothing (an empty file, which cannot be mapped, gives b"")."""
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            yield view
 
 
 def first_not_finite(tensors: Mapping[str, Any] | Iterable[Any], prefix: str = "") -> str | None:

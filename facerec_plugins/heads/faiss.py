@@ -21,12 +21,15 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 import torch
 
 from facerec.plugin import FacerecError, UsageError, hookimpl
+
+if TYPE_CHECKING:
+    import faiss  # imported where an index is built, read or searched: every command loads the plugins
 
 INDEX_FILE = "faiss.index"
 CODES_FILE = "codes.npy"
@@ -120,6 +123,8 @@ class FaissHead:
         self.codes = np.concatenate([self.codes, codes])
 
     def _build(self, matrix: np.ndarray) -> faiss.Index:
+        import faiss
+
         count, dim = matrix.shape
         kind = self.options["index"]
         if kind == "auto":
@@ -147,6 +152,8 @@ class FaissHead:
 
     def _tune(self, index: faiss.Index) -> None:
         """Search-time settings, which FAISS does not keep in the index file."""
+        import faiss
+
         if hnsw := _part(index, faiss.IndexHNSW):
             hnsw.hnsw.efSearch = self.options["ef_search"]
         if ivf := _part(index, faiss.IndexIVF):
@@ -178,6 +185,8 @@ class FaissHead:
         return results
 
     def _neighbours(self, matrix: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
         hnsw = _part(self.index, faiss.IndexHNSW)
         if hnsw is not None:  # the graph must hold what is asked; a wide search must not slow later ones
             hnsw.hnsw.efSearch = max(self.options["ef_search"], RERANKED * wanted)
@@ -201,6 +210,8 @@ class FaissHead:
         return list(found.items())
 
     def save(self, folder: Path) -> None:
+        import faiss
+
         faiss.write_index(self.index, str(folder / INDEX_FILE))
         np.save(folder / CODES_FILE, self.codes)
         (folder / IDENTITIES_FILE).write_text(json.dumps(self.identities, ensure_ascii=False), "utf-8")
@@ -208,6 +219,8 @@ class FaissHead:
 
     def load(self, folder: Path) -> None:
         """Read back what `save` wrote; a folder saved before tombstones existed has none dead."""
+        import faiss
+
         self.index = faiss.read_index(str(folder / INDEX_FILE))
         self._tune(self.index)
         self.codes = np.load(folder / CODES_FILE, allow_pickle=False)
@@ -230,6 +243,8 @@ class FaissHead:
 def _threads(count: int) -> Iterator[None]:
     """FAISS splits a search by query; for fewer queries than threads, the idle ones only add waiting
     (measured: a single query runs 2x faster on one thread than on two, with a far shorter tail)."""
+    import faiss
+
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(max(count, 1))
     try:
@@ -240,6 +255,8 @@ def _threads(count: int) -> Iterator[None]:
 
 def _part(index: faiss.Index, kind: type) -> faiss.Index | None:
     """The index of class `kind` inside a composite one (PCA, re-ranking wrappers), or None."""
+    import faiss
+
     while index is not None:
         index = faiss.downcast_index(index)
         if isinstance(index, kind):

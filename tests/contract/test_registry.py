@@ -3,6 +3,8 @@ against the factory's signature before it is called."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pluggy
@@ -120,3 +122,16 @@ def test_a_type_error_inside_the_factory_is_not_taken_for_a_bad_option():
 
     with pytest.raises(TypeError, match="has no len"):
         registry_with(broken).create("head", "made", size=2)
+
+
+def test_loading_every_plugin_leaves_what_only_some_commands_need_unimported():
+    """Every command loads every plugin, so a plugin module imports at its top only what each command
+    needs: FAISS (searching galleries) and requests (downloading) are imported where they are used."""
+    script = (
+        "import sys; from facerec.contract.registry import registry; from facerec.pipeline import weights; "
+        "found = registry(); assert not any(p.error for p in found.plugins.values()), found.plugins; "
+        "print(sorted(m for m in ('faiss', 'requests') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["[]"]

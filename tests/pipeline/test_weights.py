@@ -118,6 +118,25 @@ def test_state_dicts_load_without_unpickling_code(tmp_path):
         load_state_dict(not_a_dict)
 
 
+def test_loaded_weights_are_the_process_own_not_the_file_pages(tmp_path):
+    """The file is mapped to load it; overwriting it in place later (cp, a download tool) must change
+    nothing a running process holds, and older (non-zip) files and empty ones are read as before."""
+    weights = tmp_path / "w.pt"
+    torch.save({"w": torch.arange(1 << 16, dtype=torch.float32)}, weights)
+    loaded = load_state_dict(weights)
+    size = weights.stat().st_size
+    with open(weights, "r+b") as file:  # in place: the same inode, as cp writes it
+        file.write(bytes(size))
+    assert torch.equal(loaded["w"], torch.arange(1 << 16, dtype=torch.float32))
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_state_dict(legacy)["w"], torch.ones(3))
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(FacerecError, match=f"^{empty}: not a weights file that loads safely"):
+        load_state_dict(empty)
+
+
 def test_weights_holding_nan_or_infinity_are_refused_naming_the_first_such_tensor(tmp_path):
     weights = tmp_path / "diverged.pt"
     torch.save(
