@@ -109,7 +109,7 @@ def download(
     is the file the download is for when `target` is only a step towards it (an archive holding it):
     the progress bar and the way out a failure names are about that file.
     """
-    import requests  # here: every command loads weights, few download them (requests: 30-60 ms to import)
+    import requests  # here: every command loads weights, few download them (importing requests: 30-60 ms)
 
     source = mirrored(url)
     wanted = stands_for or target
@@ -277,11 +277,11 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     The file is checked against the checksum recorded beside it when there is one (facerec.integrity: a
     run folder's backbone.pt has one), then loaded. Both map the file rather than read it, and the
     tensors are copied out of the mapping once: one copy instead of reading the bytes and copying each
-    tensor out of them (60 ms less for inception-resnet's 94 MB). Tensors left on the mapping would be
-    the file's pages, changed or gone (SIGBUS) when someone overwrites the file in place while a server
-    runs. A file replaced between the check and the load is one written atomically, whole. Weights
-    holding NaN or infinity are refused, naming the first such tensor: they make every embedding NaN,
-    and a search of NaNs answers someone at random.
+    tensor out of them (60 ms less for inception-resnet's 94 MB on an Intel Xeon). Tensors left on the
+    mapping would be the file's pages, changed or gone (SIGBUS) when someone overwrites the file in
+    place while a server runs. A file replaced between the check and the load is one written
+    atomically, whole. Weights holding NaN or infinity are refused, naming the first such tensor: they
+    make every embedding NaN, and a search of NaNs answers someone at random.
     """
     import torch  # here, not at the top: galleries check weights by SHA-256 without loading torch
 
