@@ -135,16 +135,25 @@ def mapped(path: Path) -> Iterator[Any]:
 
 def first_not_finite(tensors: Mapping[str, Any] | Iterable[Any], prefix: str = "") -> str | None:
     """The name of the first floating tensor holding NaN or infinity in a (nested) state, None when all
-    are finite. Names of nested entries are joined with '/' (`model/last_linear.weight`)."""
+    are finite. Names of nested entries are joined with '/' (`model/last_linear.weight`).
+
+    A tensor whose sum is finite holds no NaN or infinity (either would make the sum NaN or infinite),
+    and a sum reads the tensor once without allocating; only a tensor whose sum is not finite (one that
+    holds them, or finite values whose sum overflows) is checked element by element. For the 94 MB of
+    inception-resnet's weights: 9 ms against 45 (Intel Xeon with AMX, 2 cores)."""
     for name, value in _items(tensors, prefix):
         if hasattr(value, "is_floating_point"):
-            if value.is_floating_point() and not bool(value.isfinite().all()):
+            if value.is_floating_point() and not _all_finite(value):
                 return name
         elif isinstance(value, Mapping | list | tuple):
             found = first_not_finite(value, f"{name}/")
             if found is not None:
                 return found
     return None
+
+
+def _all_finite(tensor: Any) -> bool:
+    return bool(tensor.sum().isfinite()) or bool(tensor.isfinite().all())
 
 
 def _items(state: Mapping[str, Any] | Iterable[Any], prefix: str) -> Iterator[tuple[str, Any]]:

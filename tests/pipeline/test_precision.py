@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import zipfile
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from facerec.pipeline import fxfile
 from facerec.pipeline.autoprecision import COSINE, GAIN, record_path
 from facerec.pipeline.engine import build_pipeline, create_aligner, create_detector, load_backbone
 from facerec.pipeline.int8 import Calibration, calibration_faces, quantizable_form, quantize
-from facerec.pipeline.precision import candidates, int8_weight_bits, machine, native_bf16, this_cpu
+from facerec.pipeline.precision import bf16_copy, candidates, int8_weight_bits, machine, native_bf16, this_cpu
 from facerec.pipeline.standardize import standardize_pictures
 from support import ROOT, SHARED
 from support.cli import run_cli
@@ -119,6 +120,23 @@ def test_bf16_embeddings_are_float32_unit_vectors_within_cosine_0_9995_of_fp32(b
     assert torch.allclose(vectors.norm(dim=1), torch.ones(len(vectors)), atol=1e-5)
     cosine = (vectors * found["fp32"]).sum(1)
     assert cosine.min() >= COSINE, cosine.tolist()
+
+
+def test_the_bf16_copy_leaves_the_float32_network_as_it_was_and_keeps_shared_weights_shared():
+    shared = torch.nn.Linear(3, 3)
+    network = torch.nn.Sequential(shared, torch.nn.BatchNorm1d(3), shared).eval()
+    network[1].running_mean.fill_(0.5)
+    before = {name: tensor.clone() for name, tensor in network.state_dict().items()}
+    cast = bf16_copy(network)
+    assert all(torch.equal(tensor, before[name]) for name, tensor in network.state_dict().items())
+    assert all(t.dtype == torch.float32 for t in network.state_dict().values() if t.is_floating_point())
+    assert cast[0].weight is cast[2].weight and cast[0].weight is not shared.weight
+    assert cast[0].weight.dtype == cast[1].running_mean.dtype == torch.bfloat16
+    assert cast[1].num_batches_tracked.dtype == torch.long and cast[0].weight.requires_grad
+    assert torch.equal(cast[1].running_mean, torch.full((3,), 0.5, dtype=torch.bfloat16))
+    faces = torch.randn(4, 3)
+    with torch.inference_mode():
+        assert torch.equal(cast(faces.bfloat16()), deepcopy(network).to(torch.bfloat16)(faces.bfloat16()))
 
 
 @pytest.mark.parametrize("backbone", ["dlib-resnet", "inception-resnet"])

@@ -10,7 +10,7 @@ import torch
 
 from facerec import integrity
 from facerec.errors import FacerecError
-from facerec.integrity import read_checked, write_checked
+from facerec.integrity import first_not_finite, read_checked, write_checked
 from facerec.pipeline.weights import (
     RECORD_NAME,
     WeightFile,
@@ -151,6 +151,10 @@ def test_weights_holding_nan_or_infinity_are_refused_naming_the_first_such_tenso
     counts = tmp_path / "counts.pt"
     torch.save({"steps": torch.tensor([3]), "w": torch.zeros(2)}, counts)  # integers cannot be NaN
     assert set(load_state_dict(counts)) == {"steps", "w"}
+    large = tmp_path / "large.pt"  # finite values whose float32 sum overflows to infinity
+    torch.save({"w": torch.full((4,), 3e38), "half": torch.full((3,), 60000.0, dtype=torch.float16)}, large)
+    assert torch.equal(load_state_dict(large)["w"], torch.full((4,), 3e38))
+    assert first_not_finite({"a": {"b": [torch.ones(2), torch.tensor([-math.inf, 1e38, 1e38])]}}) == "a/b/1"
 
 
 def test_a_weights_file_with_its_checksum_beside_it_is_checked_before_it_loads(tmp_path):
