@@ -6,7 +6,9 @@ port lands near 1e-7, the contract allows 1e-4.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,8 @@ from PIL import Image
 
 from facerec.contract.parts import Backbone
 from facerec.contract.registry import registry
+from facerec.errors import FacerecError
+from facerec.pipeline.engine import load_backbone
 from facerec.pipeline.standardize import standardize_pictures
 from facerec.pipeline.weights import load_state_dict
 from support import SHAPES, SHARED
@@ -71,6 +75,13 @@ def test_plugin_declares_the_facenet_shapes_and_weight_files(backbone):
     assert backbone.pretrained["vggface2"].url.endswith("/v2.2.9/20180402-114759-vggface2.pt")
     assert backbone.pretrained["vggface2"].filename == "20180402-114759-vggface2.pt"
     assert backbone.pretrained["casia-webface"].filename == "20180408-102900-casia-webface.pt"
+
+
+def test_a_weights_file_loads_named_by_its_own_sha256(seeded_weights, tmp_path):
+    loaded = load_backbone("inception-resnet", weights=seeded_weights)
+    assert loaded.weights_sha256 == hashlib.sha256(Path(seeded_weights).read_bytes()).hexdigest()
+    with pytest.raises(FacerecError, match=f"^{tmp_path / 'none.pt'}: no such weights file$"):
+        load_backbone("inception-resnet", weights=tmp_path / "none.pt")
 
 
 def test_state_dict_layout_is_facenet_pytorchs_with_and_without_logits(backbone, salt0):
