@@ -81,12 +81,15 @@ class PNet(nn.Module):
         self.prelu3 = nn.PReLU(32)
         self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
         self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
+        self._fold()
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._fold())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Box offsets (N, 4, h, w) and face probabilities (N, h, w)."""
         x = self.prelu2(self.conv2(self.first_layer(x)))
         x = self.prelu3(self.conv3(x))
-        return self.conv4_2(x), F.softmax(self.conv4_1(x), dim=1)[:, 1]
+        heads = F.conv2d(x, self.heads_weight, self.heads_bias)
+        return heads[:, :4], F.softmax(heads[:, 4:], dim=1)[:, 1]
 
     def first_layer(self, x: torch.Tensor) -> torch.Tensor:
         """2x2 max-pooling (ceil mode) of prelu1(conv1(x)), computed as one stride-2 convolution.
@@ -100,13 +103,8 @@ class PNet(nn.Module):
         """
         height, width = x.shape[2:]
         x = F.pad(x, (0, width % 2, 0, height % 2))
-        kernel = self.conv1.weight.new_zeros(2, 2, *self.conv1.weight.shape[:2], 4, 4)
-        for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-            kernel[dy, dx, :, :, dy : dy + 3, dx : dx + 3] = self.conv1.weight
-        phases = F.conv2d(x, kernel.flatten(0, 2), self.conv1.bias.repeat(4), stride=2)
-        top_left, top_right, bottom_left, bottom_right = F.prelu(phases, self.prelu1.weight.repeat(4)).chunk(
-            4, 1
-        )
+        phases = F.conv2d(x, self.phase_weight, self.phase_bias, stride=2)
+        top_left, top_right, bottom_left, bottom_right = F.prelu(phases, self.phase_slope).chunk(4, 1)
         if height % 2:
             bottom_left[:, :, -1] = top_left[:, :, -1]
             bottom_right[:, :, -1] = top_right[:, :, -1]
@@ -114,6 +112,24 @@ class PNet(nn.Module):
             top_right[..., -1] = top_left[..., -1]
             bottom_right[..., -1] = bottom_left[..., -1]
         return torch.maximum(torch.maximum(top_left, top_right), torch.maximum(bottom_left, bottom_right))
+
+    def _fold(self) -> None:
+        """The first layer's stride-2 kernel (see first_layer) and the two heads as one convolution,
+        built from the weights once, at construction and after each load, instead of at every call."""
+        with torch.no_grad():
+            weight = self.conv1.weight
+            kernel = weight.new_zeros(2, 2, *weight.shape[:2], 4, 4)
+            for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                kernel[dy, dx, :, :, dy : dy + 3, dx : dx + 3] = weight
+            folded = {
+                "phase_weight": kernel.flatten(0, 2),
+                "phase_bias": self.conv1.bias.repeat(4),
+                "phase_slope": self.prelu1.weight.repeat(4),
+                "heads_weight": torch.cat([self.conv4_2.weight, self.conv4_1.weight]),
+                "heads_bias": torch.cat([self.conv4_2.bias, self.conv4_1.bias]),
+            }
+        for name, tensor in folded.items():
+            self.register_buffer(name, tensor, persistent=False)
 
 
 class RNet(nn.Module):
