@@ -21,7 +21,7 @@ from facerec.errors import FacerecError, UsageError
 from facerec.pipeline.engine import Pipeline, load_backbone
 from facerec.pipeline.images import load_image
 from facerec_plugins.aligners.box import BoxCrop
-from facerec_plugins.facenet.mtcnn import SummedAreaTable, batched_nms, iou, nms
+from facerec_plugins.facenet.mtcnn import PNet, SummedAreaTable, batched_nms, iou, nms
 from support import SHARED
 from support.mirror import MTCNN_URL_PATH
 
@@ -195,3 +195,22 @@ def test_area_resampling_matches_interpolate():
         window = image[:, :, top:bottom, left:right]
         expected = (F.interpolate(window, size=(24, 24), mode="area")[0] - 127.5) * 0.0078125
         assert torch.allclose(crop, expected, atol=1e-5)
+
+
+def test_pnet_computes_the_published_layers_after_a_load():
+    """P-Net's folded first layer and heads (built from the weights at each load) give what its layers
+    in their published order give, on sides odd and even, with slopes of both signs."""
+    generator = torch.Generator().manual_seed(0)
+    net = PNet()
+    state = {
+        key: torch.randn(value.shape, generator=generator) * 0.3 for key, value in net.state_dict().items()
+    }
+    net.load_state_dict(state)
+    with torch.inference_mode():
+        for height, width in ((12, 12), (25, 40), (40, 25), (63, 97)):
+            x = torch.randn(2, 3, height, width, generator=generator)
+            pooled = F.max_pool2d(net.prelu1(net.conv1(x)), 2, 2, ceil_mode=True)
+            features = net.prelu3(net.conv3(net.prelu2(net.conv2(pooled))))
+            offsets, probs = net(x)
+            assert torch.allclose(offsets, net.conv4_2(features), atol=1e-5)
+            assert torch.allclose(probs, F.softmax(net.conv4_1(features), dim=1)[:, 1], atol=1e-6)
