@@ -9,6 +9,7 @@ import click
 
 from facerec.cli import warn
 from facerec.cli.options import (
+    FiniteRange,
     aligner_options,
     backbone_options,
     detector_options,
@@ -45,7 +46,7 @@ DEFAULT_OUT = Path(".facerec") / "evaluation"
     type=click.IntRange(min=2),
     help="Cross-validation folds for the accuracy [default: 10, or as the pairs file says].",
 )
-@click.option("--far", type=click.FloatRange(0, 1), default=1e-3, show_default=True, help="FAR for TAR@FAR.")
+@click.option("--far", type=FiniteRange(0, 1), default=1e-3, show_default=True, help="FAR for TAR@FAR.")
 @seed_option("Seed of the impostor sample.")
 @out_option(DEFAULT_OUT, "Folder for metrics.json and roc.png.")
 @face_cache_option

@@ -5,6 +5,7 @@ the face cache, seeds; and the reading of what a user gave explicitly.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,17 @@ from facerec.errors import UsageError
 
 MODEL_PARAMETERS = ("backbone", "pretrained", "weights", "detector", "detector_options", "precision")
 ALIGNER_PARAMETERS = ("aligner", "aligner_options", "margin", "align")
+
+
+class FiniteRange(click.FloatRange):
+    """click's FloatRange that also refuses NaN and the infinities, which pass its comparisons (a NaN
+    margin or learning rate would otherwise fail deep inside a command, naming no option)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def _stacked(*options: Callable) -> Callable:
@@ -87,7 +99,7 @@ aligner_options = _stacked(
     ),
     click.option(
         "--margin",
-        type=click.FloatRange(min=0),
+        type=FiniteRange(min=0),
         help="Shorthand for --aligner box -A margin=PIXELS (facenet-pytorch's margin).",
     ),
     click.option(
@@ -208,7 +220,7 @@ def explicit_models(ctx: click.Context) -> dict[str, Any]:
 answer_options = _stacked(
     click.option(
         "--threshold",
-        type=float,
+        type=FiniteRange(),
         help="Largest distance at which the nearest identity is accepted; beyond it the face is unknown. "
         "Default: for the faiss head, the same-person distance the gallery's weights declare (Euclidean "
         "between unit embeddings: vggface2 1.0, dlib-v1 0.38); for the classifier head 0.5 (probability "

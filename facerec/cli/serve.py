@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from facerec.cli.options import (
+    FiniteRange,
     aligner_options,
     backbone_options,
     detector_options,
@@ -44,7 +45,7 @@ from facerec.cli.options import (
 )
 @click.option(
     "--batch-wait-ms",
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     default=5.0,
     show_default=True,
     help="Longest wait for more work once a batch (of faces, of images) has its first.",
@@ -67,7 +68,7 @@ from facerec.cli.options import (
 )
 @click.option(
     "--read-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteRange(min=0, min_open=True),
     default=30.0,
     show_default=True,
     help="Seconds a request body may go without a byte (408 beyond); it must also average 64 kB/s "
@@ -90,7 +91,7 @@ from facerec.cli.options import (
 )
 @click.option(
     "--pixel-wait",
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     default=5.0,
     show_default=True,
     help="Seconds an image waits for room in --max-pixels-in-flight before 503 (0: none).",

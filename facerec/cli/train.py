@@ -13,6 +13,7 @@ from facerec.cli import warn
 from facerec.cli.options import (
     ALIGNER_PARAMETERS,
     MODEL_PARAMETERS,
+    FiniteRange,
     aligner_options,
     backbone_options,
     detector_options,
@@ -54,7 +55,7 @@ OPTION_OF = {"miner_options": "miner_option", "loss_options": "loss_option"}
     "-L", "--loss-option", multiple=True, metavar="KEY=VALUE", help="Loss option, e.g. -L margin=0.3."
 )
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adagrad", show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True)
+@click.option("--lr", type=FiniteRange(min=0, min_open=True), default=0.05, show_default=True)
 @click.option(
     "--batch-size", type=click.IntRange(min=2), default=8, show_default=True, help="Anchors per step."
 )

@@ -124,8 +124,15 @@ def scan(folder: Path, note: Note) -> list[FoundImage]:
 
 
 def _entries(folder: Path, root: str, ancestors: set[str], note: Note) -> Iterator[tuple[Path, bool]]:
-    """The usable entries of `folder`, sorted, each with whether it is a folder; the others are named."""
-    for path in sorted(folder.iterdir()):
+    """The usable entries of `folder`, sorted, each with whether it is a folder; the others are named.
+
+    A folder that cannot be listed stops the scan: skipping it would read as its images removed, and
+    the next index would drop their faces from the gallery."""
+    try:
+        children = sorted(folder.iterdir())
+    except OSError as error:
+        raise FacerecError(f"{folder}: cannot be read ({error.strerror}); the gallery is unchanged") from None
+    for path in children:
         reason = _skip_reason(path, root, ancestors)
         if reason is None:
             yield path, path.is_dir()

@@ -166,7 +166,7 @@ class CenterFace:
         if min_face_size is not None and (
             isinstance(min_face_size, bool)
             or not isinstance(min_face_size, int | float)
-            or min_face_size <= 0
+            or not 0 < min_face_size < math.inf
         ):
             raise UsageError(
                 f"detector 'centerface': -D min_face_size must be a positive number of pixels (or null: "

@@ -17,6 +17,7 @@ so that a detection does not pay for importing torchvision.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,6 +57,11 @@ WEIGHTS = {
     ),
 }
 PNET_STRIDE = 2  # P-Net's output grid step in pixels of its input
+# The pyramid's first level is the image scaled by 12 / min_face_size and each next one by `factor`:
+# below this floor the first level outgrows the image (1.5x its sides at 8 px: 2.25x its memory) and
+# past this factor the levels number in the hundreds; either way a detection runs out of memory or time.
+MIN_FACE_SIZE_FLOOR = 8
+MAX_FACTOR = 0.95
 PNET_CELL = 12  # the window each P-Net output sees
 CUMSUM_ROWS = 64  # rows cumulated at a time: one cumsum down a whole image thrashes the TLB, 2x slower
 PNET_BAND_ROWS = 128  # P-Net output rows computed at a time (see _in_bands)
@@ -584,8 +590,15 @@ def _crops(table: SummedAreaTable, boxes: torch.Tensor, size: int) -> tuple[torc
 
 def _checked(min_face_size: Any, thresholds: Any, factor: Any) -> tuple[float, tuple[float, ...], float]:
     """Options validated with one clear message each (they come from the command line as JSON)."""
-    if isinstance(min_face_size, bool) or not isinstance(min_face_size, int | float) or min_face_size <= 0:
-        raise UsageError(f"mtcnn: min_face_size must be a positive number of pixels, got {min_face_size!r}")
+    if (
+        isinstance(min_face_size, bool)
+        or not isinstance(min_face_size, int | float)
+        or not MIN_FACE_SIZE_FLOOR <= min_face_size < math.inf
+    ):
+        raise UsageError(
+            f"mtcnn: min_face_size must be a positive number of pixels, at least {MIN_FACE_SIZE_FLOOR}, "
+            f"got {min_face_size!r}"
+        )
     if (
         isinstance(thresholds, str)
         or not isinstance(thresholds, Sequence)
@@ -593,8 +606,10 @@ def _checked(min_face_size: Any, thresholds: Any, factor: Any) -> tuple[float, t
         or not all(isinstance(t, int | float) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds)
     ):
         raise UsageError(f"mtcnn: thresholds must be three numbers between 0 and 1, got {thresholds!r}")
-    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0 < factor < 1:
-        raise UsageError(f"mtcnn: factor must be a number between 0 and 1, got {factor!r}")
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0 < factor <= MAX_FACTOR:
+        raise UsageError(
+            f"mtcnn: factor must be a number between 0 and 1, at most {MAX_FACTOR}, got {factor!r}"
+        )
     return min_face_size, tuple(thresholds), factor
 
 

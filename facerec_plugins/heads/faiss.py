@@ -43,6 +43,14 @@ PCA_SAMPLE = 65_536
 IVF_MIN_VECTORS = 2 * 39  # FAISS wants 39 training points a list, and a list of one is no index
 PCA_MIN_VECTORS = 1_000  # fewer cannot estimate 128 components; a graph on them is cheap at full size
 TOMBSTONE_LIMIT = 0.25  # past this share of dead ids, searches widen a lot and a refit pays for itself
+# Whole-number tuning options and their bounds: outside them FAISS aborts the process (an HNSW graph of
+# fewer than 2 links a node) or builds an index no machine holds.
+TUNING_RANGES = {
+    "hnsw_m": (2, 256),
+    "ef_construction": (1, 4096),
+    "ef_search": (1, 4096),
+    "nprobe": (1, 65536),
+}
 
 
 class FaissHead:
@@ -65,13 +73,15 @@ class FaissHead:
     ) -> None:
         if index not in INDEX_KINDS:
             raise UsageError(f"head 'faiss': index must be one of {', '.join(INDEX_KINDS)}, not '{index}'")
-        self.options = {
-            "index": index,
+        tuning = {
             "hnsw_m": hnsw_m,
             "ef_construction": ef_construction,
             "ef_search": ef_search,
             "nprobe": nprobe,
         }
+        for name, value in tuning.items():
+            _check_whole(name, value, *TUNING_RANGES[name])
+        self.options = {"index": index, **tuning}
         self.index: faiss.Index | None = None
         self.codes = np.zeros(0, dtype=np.int64)  # by FAISS id, dead ones included
         self.identities: list[str] = []
@@ -282,3 +292,11 @@ def _training_sample(matrix: np.ndarray, limit: int) -> np.ndarray:
 @hookimpl
 def register_heads(register) -> None:
     register("faiss", FaissHead)
+
+
+def _check_whole(name: str, value: object, low: int, high: int) -> None:
+    """A tuning option from the command line (JSON): a whole number within [low, high], else one line."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(
+            f"head 'faiss': -H {name} must be a whole number from {low} to {high}, got {value!r}"
+        )

@@ -186,3 +186,21 @@ def test_hnsw_recall_is_unchanged_after_removing_one_percent():
     before = head.search(torch.from_numpy(queries[:50]), 3)
     assert not head.remove(list(range(int(TOMBSTONE_LIMIT * len(vectors)))))
     assert head.search(torch.from_numpy(queries[:50]), 3) == before
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("hnsw_m", 0),
+        ("hnsw_m", 1e9),
+        ("hnsw_m", float("nan")),
+        ("ef_search", -1),
+        ("nprobe", 0),
+        ("nprobe", True),
+    ],
+)
+def test_bad_tuning_options_are_one_line(option, value):
+    with pytest.raises(
+        UsageError, match=rf"head 'faiss': -H {option} must be a whole number from \d+ to \d+"
+    ):
+        FaissHead(**{option: value})

@@ -164,7 +164,11 @@ def test_a_cuda_device_the_machine_lacks_is_one_line(indexed):
 
 @pytest.mark.parametrize(
     ("option", "status"),
-    [(("-H", "index=bogus"), 2), (("--pretrained", "casia-webface"), 1)],  # a bad option; weights not there
+    [
+        (("-H", "index=bogus"), 2),
+        (("-H", "index=hnsw", "-H", "hnsw_m=0"), 2),  # FAISS itself would abort the process
+        (("--pretrained", "casia-webface"), 1),  # weights not there
+    ],
 )
 def test_a_failed_first_index_leaves_nothing_behind(indexed, tmp_path, option, status):
     shutil.copytree(indexed["people"] / "obama", tmp_path / "people" / "obama")
@@ -210,6 +214,36 @@ def test_a_read_only_gallery_is_one_line(indexed, tmp_path):
     assert refused.stderr == (
         f"Error: {gallery}: this gallery cannot be written (Permission denied: {gallery / 'LOCK'})\n"
     )
+
+
+def test_an_unreadable_identity_folder_stops_the_index_and_changes_nothing(indexed, tmp_path):
+    """Skipping it would read as its photos removed: the next index would drop their faces."""
+    people = indexed["people"]  # not copied: it holds a FIFO and a link loop on purpose
+    gallery = shutil.copytree(indexed["gallery"], tmp_path / "gallery")
+    before = sorted(
+        (path.relative_to(gallery), path.read_bytes()) for path in gallery.rglob("*") if path.is_file()
+    )
+    closed = people / "obama"
+    closed.chmod(0)
+    try:
+        refused = subprocess.run(
+            [sys.executable, "-m", "facerec", "index", str(people), "--gallery", str(gallery)],
+            env={**os.environ, **indexed["env"]},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=as_a_plain_user,
+        )
+    finally:
+        closed.chmod(0o755)
+    assert refused.returncode == 1 and refused.stdout == ""
+    *notes, last = refused.stderr.splitlines()  # the notes: the fixture's hostile paths, skipped
+    assert last == f"Error: {closed}: cannot be read (Permission denied); the gallery is unchanged"
+    assert all(note.endswith(("skipped", "not followed")) for note in notes)
+    after = sorted(
+        (path.relative_to(gallery), path.read_bytes()) for path in gallery.rglob("*") if path.is_file()
+    )
+    assert after == before
 
 
 def test_help_states_the_exit_statuses_the_commands_keep():

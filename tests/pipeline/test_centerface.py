@@ -252,6 +252,8 @@ def test_a_lower_threshold_finds_more_candidates_and_never_fewer_faces(detector)
         ({"max_pixels": 0}, "-D max_pixels must be a positive whole number"),
         ({"min_face_size": 0}, "-D min_face_size must be a positive number of pixels"),
         ({"min_face_size": "small"}, "-D min_face_size must be a positive number of pixels"),
+        ({"min_face_size": float("inf")}, "-D min_face_size must be a positive number of pixels"),
+        ({"min_face_size": float("nan")}, "-D min_face_size must be a positive number of pixels"),
         ({"max_pixels": 1.5e6}, "-D max_pixels must be a positive whole number"),
         ({"precision": "int8"}, "-D precision must be one of fp32, bf16, got 'int8'"),
         ({"device": "toaster"}, "unknown device 'toaster'"),

@@ -60,3 +60,13 @@ def test_a_bad_detector_option_is_one_usage_line(cli):
         result.stderr.strip()
         == "Error: mtcnn: thresholds must be three numbers between 0 and 1, got [0.6, 0.7]"
     )
+
+
+def test_a_number_that_is_not_finite_is_one_usage_line(cli):
+    for command, option in (("detect", "--margin"), ("identify", "--threshold")):
+        for value in ("nan", "inf"):
+            result = cli(command, PHOTOS / "obama_small.jpg", option, value)
+            assert result.returncode == 2 and result.stdout == ""
+            assert result.stderr.strip().endswith(
+                f"Invalid value for '{option}': '{value}' is not a finite number."
+            )

@@ -104,6 +104,10 @@ def test_settings_record_the_options(mtcnn):
     ("options", "message"),
     [
         ({"min_face_size": 0}, "min_face_size must be a positive number"),
+        ({"min_face_size": float("nan")}, "min_face_size must be a positive number"),
+        ({"min_face_size": float("inf")}, "min_face_size must be a positive number"),
+        ({"min_face_size": 1}, "min_face_size must be a positive number of pixels, at least 8, got 1"),
+        ({"factor": 0.9999}, "factor must be a number between 0 and 1, at most 0.95, got 0.9999"),
         ({"thresholds": [0.6, 0.7]}, "thresholds must be three numbers between 0 and 1"),
         ({"thresholds": "high"}, "thresholds must be three numbers"),
         ({"factor": 1.0}, "factor must be a number between 0 and 1"),
