@@ -57,11 +57,6 @@ WEIGHTS = {
     ),
 }
 PNET_STRIDE = 2  # P-Net's output grid step in pixels of its input
-# The pyramid's first level is the image scaled by 12 / min_face_size and each next one by `factor`:
-# below this floor the first level outgrows the image (1.5x its sides at 8 px: 2.25x its memory) and
-# past this factor the levels number in the hundreds; either way a detection runs out of memory or time.
-MIN_FACE_SIZE_FLOOR = 8
-MAX_FACTOR = 0.95
 PNET_CELL = 12  # the window each P-Net output sees
 CUMSUM_ROWS = 64  # rows cumulated at a time: one cumsum down a whole image thrashes the TLB, 2x slower
 PNET_BAND_ROWS = 128  # P-Net output rows computed at a time (see _in_bands)
@@ -72,6 +67,12 @@ ONET_CHUNK = 16  # O-Net crops per call: fewer candidates reach it, each eight t
 PYRAMID_NMS = 0.5  # within one pyramid level
 CASCADE_NMS = 0.7  # across levels, after R-Net, and ("Min" overlap) after O-Net
 NMS_BLOCK = 512  # boxes compared at a time; bounds the overlap matrices at BLOCK x (kept + BLOCK)
+# The pyramid's first level is the image scaled by 12 / min_face_size and each next one by `factor`.
+# Below this floor the first level outgrows the image (1.5x its sides at 8 px: 2.25x its memory); toward a
+# factor of 1 the levels run into the hundreds (a 600 px side: 66 levels at 0.95, 338 at 0.99). Past
+# either bound a detection runs out of memory or time.
+MIN_FACE_SIZE_FLOOR = 8
+MAX_FACTOR = 0.95
 
 
 class PNet(nn.Module):
