@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from facerec.plugin import FacerecError, hookimpl
+from facerec.plugin import FacerecError, UsageError, hookimpl
 
 ARRAYS = ("weight", "bias", "mean", "scale")
 SMALL_WORK = 50_000_000  # vectors x dimensions x identities below which one thread trains fastest
@@ -44,6 +45,12 @@ class ClassifierHead:
         batch_size: int = 4096,
         seed: int = 0,
     ) -> None:
+        _check("epochs", epochs, lambda v: isinstance(v, int) and v >= 1, "a whole number from 1")
+        _check("batch_size", batch_size, lambda v: isinstance(v, int) and v >= 1, "a whole number from 1")
+        _check("seed", seed, lambda v: isinstance(v, int), "a whole number")
+        _check("lr", lr, lambda v: 0 < v < math.inf, "a finite number above 0")
+        _check("weight_decay", weight_decay, lambda v: 0 <= v < math.inf, "a finite number, at least 0")
+        _check("label_smoothing", label_smoothing, lambda v: 0 <= v < 1, "a number from 0 to below 1")
         self.options = {
             "epochs": epochs,
             "lr": lr,
@@ -180,3 +187,9 @@ def _threads(count: int | None) -> Iterator[None]:
 @hookimpl
 def register_heads(register) -> None:
     register("classifier", ClassifierHead)
+
+
+def _check(name: str, value: object, valid: Callable[[float], bool], kind: str) -> None:
+    """An option from the command line (JSON): a number that `valid` accepts, else one line naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not valid(value):
+        raise UsageError(f"head 'classifier': -H {name} must be {kind}, got {value!r}")

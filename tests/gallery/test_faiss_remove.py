@@ -204,3 +204,19 @@ def test_bad_tuning_options_are_one_line(option, value):
         UsageError, match=rf"head 'faiss': -H {option} must be a whole number from \d+ to \d+"
     ):
         FaissHead(**{option: value})
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "kind"),
+    [
+        ("lr", "nan", "a finite number above 0"),
+        ("lr", 0, "a finite number above 0"),
+        ("epochs", 0, "a whole number from 1"),
+        ("batch_size", 2.5, "a whole number from 1"),
+        ("label_smoothing", 1, "a number from 0 to below 1"),
+        ("weight_decay", float("inf"), "a finite number, at least 0"),
+    ],
+)
+def test_bad_classifier_options_are_one_line(option, value, kind):
+    with pytest.raises(UsageError, match=rf"head 'classifier': -H {option} must be {kind}, got "):
+        ClassifierHead(**{option: value})
