@@ -388,7 +388,8 @@ class InceptionResnetV1Backbone:
         require_state_dict(state_dict)
         with torch.device("meta"):  # no initialization: the weights replace it
             network = InceptionResnetV1(num_classes=_class_count(state_dict))
-        expected = {key: value.shape for key, value in network.state_dict().items()}
+        own = network.state_dict()
+        expected = {key: value.shape for key, value in own.items()}
         # `num_batches_tracked` counters may be missing: files saved before torch 0.4.1 have none
         check_fits(
             state_dict, expected, "Inception-ResNet-v1", lambda key: key.endswith("num_batches_tracked")
@@ -397,7 +398,10 @@ class InceptionResnetV1Backbone:
             key: torch.zeros((), dtype=torch.long) for key in expected if key.endswith("num_batches_tracked")
         }
         tensors.update(
-            {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
+            {
+                key: value.float() if own[key].is_floating_point() else value
+                for key, value in state_dict.items()
+            }
         )
         network.load_state_dict(tensors, assign=True)
         return network

@@ -84,6 +84,18 @@ def test_a_weights_file_loads_named_by_its_own_sha256(seeded_weights, tmp_path):
         load_backbone("inception-resnet", weights=tmp_path / "none.pt")
 
 
+def test_weights_of_another_number_type_load_as_float32(backbone, seeded_weights):
+    """As dlib-resnet's `build` does: a file of whole numbers (or float64) is cast, not a traceback."""
+    state = load_state_dict(seeded_weights)
+    whole = {
+        key: (value * 100).round().long() if value.is_floating_point() else value
+        for key, value in state.items()
+    }
+    network = backbone.build(whole)
+    assert {parameter.dtype for parameter in network.parameters()} == {torch.float32}
+    assert torch.equal(network.state_dict()["conv2d_1a.conv.weight"], whole["conv2d_1a.conv.weight"].float())
+
+
 def test_state_dict_layout_is_facenet_pytorchs_with_and_without_logits(backbone, salt0):
     assert layout_of(salt0) == LAYOUT
     without_logits = {k: v for k, v in LAYOUT.items() if not k.startswith("logits.")}
