@@ -220,7 +220,7 @@ def explicit_models(ctx: click.Context) -> dict[str, Any]:
 answer_options = _stacked(
     click.option(
         "--threshold",
-        type=FiniteRange(),
+        type=float,
         help="Largest distance at which the nearest identity is accepted; beyond it the face is unknown. "
         "Default: for the faiss head, the same-person distance the gallery's weights declare (Euclidean "
         "between unit embeddings: vggface2 1.0, dlib-v1 0.38); for the classifier head 0.5 (probability "

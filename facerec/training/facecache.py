@@ -14,6 +14,8 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from PIL import Image
+
 from facerec.atomic import write_atomically
 from facerec.pipeline.engine import Pipeline
 
@@ -64,8 +66,15 @@ class FaceCache:
         return self.folder / digest[:2] / f"{digest}.png"
 
     def _known(self, digest: str) -> bool:
+        """Whether the image's crop (or why it has none) is stored; a crop that no longer decodes (a
+        damaged disk, a file cut short) is removed, so that it is made again instead of failing every run."""
         crop = self._crop_path(digest)
-        return crop.exists() or crop.with_suffix(".none").exists()
+        if crop.exists():
+            if _decodes(crop):
+                return True
+            crop.unlink()
+            return False
+        return crop.with_suffix(".none").exists()
 
     def _detect(self, missing: dict[str, str], report: Callable[[str], None]) -> None:
         """Detect the images of `missing` (SHA-256 to path) and store their crops."""
@@ -85,3 +94,12 @@ class FaceCache:
             write_atomically(
                 target, lambda f, crop=result.crops[0]: crop.save(f, format="PNG", icc_profile=None)
             )
+
+
+def _decodes(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError):  # PIL's errors for a damaged file
+        return False
+    return True

@@ -63,10 +63,9 @@ def test_a_bad_detector_option_is_one_usage_line(cli):
 
 
 def test_a_number_that_is_not_finite_is_one_usage_line(cli):
-    for command, option in (("detect", "--margin"), ("identify", "--threshold")):
-        for value in ("nan", "inf"):
-            result = cli(command, PHOTOS / "obama_small.jpg", option, value)
-            assert result.returncode == 2 and result.stdout == ""
-            assert result.stderr.strip().endswith(
-                f"Invalid value for '{option}': '{value}' is not a finite number."
-            )
+    for value in ("nan", "inf"):
+        result = cli("detect", PHOTOS / "obama_small.jpg", "--margin", value)
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.strip().endswith(
+            f"Invalid value for '--margin': '{value}' is not a finite number."
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -179,3 +180,21 @@ def test_roc_chart_has_a_log_far_axis_and_marks_tar_at_far(tmp_path):
     plots.roc_curve(tmp_path / "roc.png", curve.far, curve.tar, curve.auc, (1e-3, at.tar))
     with Image.open(tmp_path / "roc.png") as png:
         assert png.format == "PNG" and png.size == (640, 480)
+
+
+def test_a_damaged_crop_in_the_face_cache_is_made_again(face_cache, torch_home, tmp_path, monkeypatch):
+    from facerec.pipeline.engine import build_pipeline
+    from facerec.pipeline.weights import sha256_file
+    from facerec.training.facecache import FaceCache
+
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    cache = FaceCache(shutil.copytree(face_cache, tmp_path / "cache"), build_pipeline(embed=False))
+    images = {sha256_file(path): path for path in sorted(KNN_TRAIN.glob("*/*"))}
+    crop = next(path for path in sorted(cache.folder.rglob("*.png")) if path.stem in images)
+    pixels = np.asarray(Image.open(crop))
+    whole = crop.read_bytes()
+    crop.write_bytes(whole[: len(whole) // 2])  # a file cut short
+    reports = []
+    assert cache.crops([(str(images[crop.stem]), crop.stem)], reports.append) == [crop]
+    assert np.array_equal(np.asarray(Image.open(crop)), pixels)
+    assert all("skipped" not in report for report in reports)
