@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops
@@ -193,20 +194,31 @@ def as_a_plain_user() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
+def index_as_a_plain_user(indexed: dict, gallery: Path) -> subprocess.CompletedProcess:
+    """`facerec index` of the fixture's people into `gallery`, in a process without root's capabilities."""
+    return subprocess.run(
+        [sys.executable, "-m", "facerec", "index", str(indexed["people"]), "--gallery", str(gallery)],
+        env={**os.environ, **indexed["env"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=as_a_plain_user,
+    )
+
+
+def files_of(folder: Path) -> list[tuple[Path, bytes]]:
+    return sorted(
+        (path.relative_to(folder), path.read_bytes()) for path in folder.rglob("*") if path.is_file()
+    )
+
+
 def test_a_read_only_gallery_is_one_line(indexed, tmp_path):
     gallery = shutil.copytree(indexed["gallery"], tmp_path / "gallery")
     paths = [gallery, *gallery.rglob("*")]
     for path in paths:
         path.chmod(path.stat().st_mode & ~0o222)
     try:
-        refused = subprocess.run(
-            [sys.executable, "-m", "facerec", "index", str(indexed["people"]), "--gallery", str(gallery)],
-            env={**os.environ, **indexed["env"]},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            preexec_fn=as_a_plain_user,
-        )
+        refused = index_as_a_plain_user(indexed, gallery)
     finally:
         for path in paths:
             path.chmod(path.stat().st_mode | 0o200)
@@ -218,32 +230,19 @@ def test_a_read_only_gallery_is_one_line(indexed, tmp_path):
 
 def test_an_unreadable_identity_folder_stops_the_index_and_changes_nothing(indexed, tmp_path):
     """Skipping it would read as its photos removed: the next index would drop their faces."""
-    people = indexed["people"]  # not copied: it holds a FIFO and a link loop on purpose
     gallery = shutil.copytree(indexed["gallery"], tmp_path / "gallery")
-    before = sorted(
-        (path.relative_to(gallery), path.read_bytes()) for path in gallery.rglob("*") if path.is_file()
-    )
-    closed = people / "obama"
+    before = files_of(gallery)
+    closed = indexed["people"] / "obama"  # the fixture's folder, not a copy: it holds a FIFO and a link loop
     closed.chmod(0)
     try:
-        refused = subprocess.run(
-            [sys.executable, "-m", "facerec", "index", str(people), "--gallery", str(gallery)],
-            env={**os.environ, **indexed["env"]},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            preexec_fn=as_a_plain_user,
-        )
+        refused = index_as_a_plain_user(indexed, gallery)
     finally:
         closed.chmod(0o755)
     assert refused.returncode == 1 and refused.stdout == ""
     *notes, last = refused.stderr.splitlines()  # the notes: the fixture's hostile paths, skipped
     assert last == f"Error: {closed}: cannot be read (Permission denied); the gallery is unchanged"
     assert all(note.endswith(("skipped", "not followed")) for note in notes)
-    after = sorted(
-        (path.relative_to(gallery), path.read_bytes()) for path in gallery.rglob("*") if path.is_file()
-    )
-    assert after == before
+    assert files_of(gallery) == before
 
 
 def test_help_states_the_exit_statuses_the_commands_keep():
