@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -89,16 +90,28 @@ class RunFolder:
         bad = first_not_finite(checkpoint)
         if bad is not None:
             raise FacerecError(f"{self.checkpoint}: tensor {bad} holds NaN or infinity; it cannot be resumed")
+        self.metrics()  # the log a resumed run rewrites must read too
         return checkpoint
 
     def save_backbone(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         save_tensors(self.path / BACKBONE, {k: v.detach().cpu() for k, v in state_dict.items()})
 
     def metrics(self) -> list[dict[str, Any]]:
+        """The logged epochs; one line naming the file and line when one is not an epoch's record, so
+        that `--resume` stops before training rather than after its first epoch, when it logs it."""
         path = self.path / METRICS
-        if not path.exists():
+        try:
+            lines = path.read_text("utf-8").splitlines()
+        except FileNotFoundError:
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as error:
+            why = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+            raise FacerecError(f"{path}: cannot be read ({why})") from None
+        records = []
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                records.append(_epoch_record(line, f"{path}, line {number}"))
+        return records
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         """Rewrite `metrics.jsonl` with `records` and redraw the loss curve from them."""
@@ -122,3 +135,21 @@ class RunFolder:
         """Log a finished epoch (replacing a line of the same epoch left by an interrupted run)."""
         kept = [r for r in self.metrics() if r["epoch"] < record["epoch"]]
         self.write_metrics([*kept, record])
+
+
+def _epoch_record(line: str, where: str) -> dict[str, Any]:
+    """A line of `metrics.jsonl` as `write_metrics` writes it, or FacerecError naming `where`."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        record = None
+    if not (
+        isinstance(record, dict)
+        and type(record.get("epoch")) is int
+        and type(record.get("loss")) in (int, float)
+        and math.isfinite(record["loss"])
+    ):
+        raise FacerecError(
+            f"{where}: not an epoch's record (an epoch number and a finite loss); mend or remove it"
+        )
+    return record

@@ -220,6 +220,19 @@ def test_train_resume_and_use_the_weights(cli, env, seeded_weights, face_cache, 
         f"Error: {damaged / 'checkpoint.pt'}: damaged: it does not match the checksum recorded in "
         "checkpoint.pt.xxh128 when it was written; it cannot be resumed (start a new --out)"
     ]
+    garbled = Path(shutil.copytree(out, tmp_path / "garbled"))
+    log = garbled / "metrics.jsonl"
+    log.write_text(log.read_text().replace('"loss": ', '"loss": [', 1))  # line 1 no longer parses
+    before = {p.name: p.read_bytes() for p in garbled.iterdir()}
+    resumed = cli(
+        "train", KNN_TRAIN, "--out", garbled, "--face-cache", face_cache, "--epochs", "3", "--resume", env=env
+    )
+    assert resumed.returncode == 1 and resumed.stdout == ""  # stopped before training an epoch
+    assert resumed.stderr.splitlines() == [
+        f"Error: {log}, line 1: not an epoch's record (an epoch number and a finite loss); mend or remove it"
+    ]
+    assert {p.name: p.read_bytes() for p in garbled.iterdir()} == before
+
     face = ALIGNED / "angelina_jolie" / "1.png"
     refused = cli("embed", face, "--weights", damaged / "backbone.pt", "--detector", "none")
     assert refused.returncode == 1
