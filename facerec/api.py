@@ -34,6 +34,10 @@ class Gallery:
     """
 
     def __init__(self, location: str | os.PathLike | None = None, device: str = "auto") -> None:
+        if device not in (None, "auto"):  # refused here: an index with nothing new loads no model
+            from facerec.pipeline.engine import resolve_device
+
+            resolve_device(device)
         self.store = open_store(location)
         self.path = self.store.location
         self.device = device

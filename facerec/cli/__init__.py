@@ -110,15 +110,21 @@ def main(args: list[str] | None = None) -> None:
     except Exception as error:
         if os.environ.get("FACEREC_DEBUG"):
             raise
-        warn(
-            f"Error: internal error: {type(error).__name__}: {error} (set FACEREC_DEBUG=1 for the traceback)"
-        )
+        warn(f"Error: {_unexpected(error)}")
         status = 1
     # The interpreter's last collection at exit walks every object left, some 200,000 once torch is
     # imported: 0.3 s of each command (AMD EPYC). Frozen objects are skipped; files and stores are
     # closed by then.
     gc.freeze()
     sys.exit(status if isinstance(status, int) else 0)
+
+
+def _unexpected(error: Exception) -> str:
+    """The line for an error no part of facerec turned into one: a file the system refused (its name
+    and why, as the shell would say it), else an internal error."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return f"internal error: {type(error).__name__}: {error} (set FACEREC_DEBUG=1 for the traceback)"
 
 
 def make_pipeline(params: dict[str, Any], embed: bool, photos: tuple[str, ...] = ()) -> Any:

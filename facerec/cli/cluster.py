@@ -53,7 +53,7 @@ def command(ctx, photos, gallery, device, cluster_options, as_json, **_models):
         )
     request = ModelRequest(device=device, **explicit_models(ctx))
     report = cluster(
-        gallery, photos, request, options.get("rule", "incremental"), int(options.get("min_faces", 2)), warn
+        gallery, photos, request, options.get("rule", "incremental"), options.get("min_faces", 2), warn
     )
     if as_json:
         from facerec.people.library import listing

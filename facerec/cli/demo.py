@@ -10,7 +10,7 @@ import click
 from facerec.cli import warn
 from facerec.cli.identify import show
 from facerec.cli.index import summary
-from facerec.cli.options import backbone_options, explicit_models, gallery_option
+from facerec.cli.options import OutputFolder, backbone_options, explicit_models, gallery_option
 from facerec.demo import GALLERY_DIR, PHOTOS_DIR
 
 
@@ -32,7 +32,7 @@ from facerec.demo import GALLERY_DIR, PHOTOS_DIR
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutputFolder(),
     default="out/annotated",
     show_default=True,
     help="Where the annotated photos are written.",

@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from tqdm import tqdm
 
 from facerec.cli import echo_json, warn
 from facerec.cli.options import (
+    OutputFolder,
     aligner_options,
     answer_options,
     backbone_options,
@@ -21,6 +23,9 @@ from facerec.cli.options import (
 )
 from facerec.cli.video import per_frame_option, stride_option
 from facerec.gallery.identify import IdentifiedImage
+
+if TYPE_CHECKING:
+    from facerec.gallery.annotate import AnnotatedFolder
 
 UNKNOWN = "unknown"
 
@@ -34,7 +39,7 @@ UNKNOWN = "unknown"
 )
 @click.option(
     "--annotate",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutputFolder(),
     metavar="OUTDIR",
     help="Write each photo (each video, as OUTDIR/NAME.mp4) with boxes and names drawn into OUTDIR.",
 )
@@ -90,12 +95,22 @@ def show(results, images, identities: dict[str, int], as_json: bool, annotate: P
                 warn(f"{result.path}: {result.error}")
                 failed += 1
             elif pictures is not None:
-                pictures.save(result.path, result.faces)
+                failed += not _drawn(pictures, result)
             if as_json:
                 echo_json(result.to_json())
             elif result.error is None:
                 table.print(result)
     return failed
+
+
+def _drawn(pictures: AnnotatedFolder, result: IdentifiedImage) -> bool:
+    """Draw `result` into `pictures`; a picture that cannot be written is named, and the batch goes on."""
+    try:
+        pictures.save(result.path, result.faces)
+    except OSError as error:
+        warn(f"{error.filename or pictures.folder}: cannot be written ({error.strerror or error})")
+        return False
+    return True
 
 
 class Table:

@@ -31,6 +31,24 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+class OutputFolder(click.Path):
+    """A folder the command writes into, checked writable when the command starts (see
+    facerec.atomic.check_writable): a folder refused at the end would cost the whole run's work."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from facerec.atomic import check_writable
+
+        folder = super().convert(value, param, ctx)
+        try:
+            check_writable(folder)
+        except OSError as error:
+            self.fail(f"{folder}: cannot be written ({error.strerror or error})", param, ctx)
+        return folder
+
+
 def _stacked(*options: Callable) -> Callable:
     def decorate(command: Callable) -> Callable:
         for option in reversed(options):
@@ -113,7 +131,7 @@ aligner_options = _stacked(
 def out_option(default: Path, help: str) -> Callable:
     return click.option(
         "--out",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=OutputFolder(),
         default=default,
         show_default=True,
         help=help,

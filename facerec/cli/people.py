@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from facerec.cli import echo_json
-from facerec.cli.options import gallery_option
+from facerec.cli.options import OutputFolder, gallery_option
 
 
 @click.group(name="people", invoke_without_command=True)
@@ -17,7 +15,7 @@ from facerec.cli.options import gallery_option
 )
 @click.option(
     "--sheet",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutputFolder(),
     metavar="OUTDIR",
     help="Write a contact sheet per person (OUTDIR/<id>.png, thumbnails of its faces) to look at.",
 )

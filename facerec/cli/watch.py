@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import signal
-from pathlib import Path
 
 import click
 
 from facerec.cli import warn
-from facerec.cli.options import answer_options, gallery_option
+from facerec.cli.options import OutputFolder, answer_options, gallery_option
 from facerec.cli.video import per_frame_option, stride_option
+from facerec.errors import UsageError
 
 
 @click.command(name="watch")
@@ -25,7 +26,7 @@ from facerec.cli.video import per_frame_option, stride_option
 )
 @click.option(
     "--annotate",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutputFolder(),
     metavar="OUTDIR",
     help="Also record what was seen, boxes and names drawn, as OUTDIR/NAME.mp4 (written when stopped).",
 )
@@ -43,7 +44,7 @@ def command(source, camera, gallery, threshold, top_k, as_json, annotate, stride
     """
     from facerec.api import open_gallery
     from facerec.cli.video import show_video
-    from facerec.video.source import source_spec
+    from facerec.video.source import is_video, source_spec
 
     stopped = []
 
@@ -53,6 +54,8 @@ def command(source, camera, gallery, threshold, top_k, as_json, annotate, stride
         stopped.append(signum)
 
     spec = source_spec(source, camera)
+    if os.path.isfile(spec) and not is_video(spec):  # a photo would be one frame, reported as nothing
+        raise UsageError(f"{spec}: not a video; `facerec identify` names the faces of photos")
     found = open_gallery(gallery, device)
     previous = signal.signal(signal.SIGINT, interrupted)
     try:

@@ -98,8 +98,8 @@ def cluster(
     note = note or (lambda message: None)
     if rule not in RULES:
         raise UsageError(f"--cluster-option rule: unknown rule '{rule}' (available: {', '.join(RULES)})")
-    if min_faces < 1:
-        raise UsageError(f"--cluster-option min_faces: must be 1 or more, not {min_faces}")
+    if type(min_faces) is not int or min_faces < 1:
+        raise UsageError(f"--cluster-option min_faces: must be a whole number, 1 or more, not {min_faces}")
     store = open_store(gallery)
     files = photos_under(photos, note)
     if not files:

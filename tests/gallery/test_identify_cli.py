@@ -158,9 +158,10 @@ def test_a_cuda_device_the_machine_lacks_is_one_line(indexed):
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     device = "cuda" if count == 0 else f"cuda:{count}"  # one past the last GPU where there are some
-    refused = cli(indexed, "identify", indexed["people"] / "biden" / "biden.jpg", "--device", device)
-    assert refused.returncode == 2 and refused.stdout == ""
-    assert refused.stderr.count("\n") == 1 and refused.stderr.startswith(f"Error: --device {device}: ")
+    for command in (("identify", indexed["people"] / "biden" / "biden.jpg"), ("index", indexed["people"])):
+        refused = cli(indexed, *command, "--device", device)  # the index would have nothing new to embed
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert refused.stderr.count("\n") == 1 and refused.stderr.startswith(f"Error: --device {device}: ")
 
 
 @pytest.mark.parametrize(
@@ -194,10 +195,10 @@ def as_a_plain_user() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
-def index_as_a_plain_user(indexed: dict, gallery: Path) -> subprocess.CompletedProcess:
-    """`facerec index` of the fixture's people into `gallery`, in a process without root's capabilities."""
+def as_a_plain_user_run(indexed: dict, *args: object) -> subprocess.CompletedProcess:
+    """`facerec ARGS` in a process without root's capabilities, with the fixture's environment."""
     return subprocess.run(
-        [sys.executable, "-m", "facerec", "index", str(indexed["people"]), "--gallery", str(gallery)],
+        [sys.executable, "-m", "facerec", *map(str, args)],
         env={**os.environ, **indexed["env"]},
         capture_output=True,
         text=True,
@@ -218,7 +219,7 @@ def test_a_read_only_gallery_is_one_line(indexed, tmp_path):
     for path in paths:
         path.chmod(path.stat().st_mode & ~0o222)
     try:
-        refused = index_as_a_plain_user(indexed, gallery)
+        refused = as_a_plain_user_run(indexed, "index", indexed["people"], "--gallery", gallery)
     finally:
         for path in paths:
             path.chmod(path.stat().st_mode | 0o200)
@@ -235,7 +236,7 @@ def test_an_unreadable_identity_folder_stops_the_index_and_changes_nothing(index
     closed = indexed["people"] / "obama"  # the fixture's folder, not a copy: it holds a FIFO and a link loop
     closed.chmod(0)
     try:
-        refused = index_as_a_plain_user(indexed, gallery)
+        refused = as_a_plain_user_run(indexed, "index", indexed["people"], "--gallery", gallery)
     finally:
         closed.chmod(0o755)
     assert refused.returncode == 1 and refused.stdout == ""
@@ -243,6 +244,63 @@ def test_an_unreadable_identity_folder_stops_the_index_and_changes_nothing(index
     assert last == f"Error: {closed}: cannot be read (Permission denied); the gallery is unchanged"
     assert all(note.endswith(("skipped", "not followed")) for note in notes)
     assert files_of(gallery) == before
+
+
+@pytest.mark.parametrize("name", ["CURRENT", "vectors.npy", "manifest.json"])
+def test_a_gallery_file_the_system_refuses_is_one_line_not_damage(indexed, tmp_path, name):
+    """Not damage: `index` must not rebuild the gallery past a file it was only refused."""
+    gallery = shutil.copytree(indexed["gallery"], tmp_path / "gallery")
+    closed = (
+        gallery / name if name == "CURRENT" else gallery / (gallery / "CURRENT").read_text().strip() / name
+    )
+    closed.chmod(0)
+    before = files_of(gallery)
+    try:
+        photo = indexed["people"] / "biden" / "biden.jpg"
+        refused = [
+            as_a_plain_user_run(indexed, "identify", photo, "--gallery", gallery),
+            as_a_plain_user_run(indexed, "index", indexed["people"], "--gallery", gallery),
+        ]
+    finally:
+        closed.chmod(0o644)
+    for result in refused:
+        assert result.returncode == 1 and result.stdout == ""
+        assert (
+            result.stderr == f"Error: {gallery}: this gallery cannot be read (Permission denied: {closed})\n"
+        )
+    assert files_of(gallery) == before
+
+
+def test_an_annotate_folder_that_cannot_be_written_is_refused_before_any_work(indexed, tmp_path):
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o555)
+    photo = indexed["people"] / "biden" / "biden.jpg"
+    for folder in (closed, closed / "new" / "deeper"):
+        refused = as_a_plain_user_run(
+            indexed, "identify", photo, "--gallery", indexed["gallery"], "--annotate", folder
+        )
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert refused.stderr == (
+            f"Error: facerec identify: Invalid value for '--annotate': {folder}: cannot be written "
+            "(Permission denied)\n"
+        )
+    assert list(closed.iterdir()) == []
+
+    taken = tmp_path / "taken"
+    (taken / "biden.jpg").mkdir(parents=True)  # the picture's name is a folder's: the batch goes on
+    photos = [photo, indexed["people"] / "pair" / "two.jpg"]
+    result = cli(indexed, "identify", *photos, "--annotate", taken)
+    assert result.returncode == 1 and len(result.stdout.splitlines()) == 4  # the header, three faces
+    assert result.stderr == f"{taken / 'biden.jpg'}: cannot be written (Is a directory)\n"
+    assert (taken / "two.jpg").is_file()
+
+
+def test_a_file_the_system_refuses_that_no_command_foresaw_is_named_not_an_internal_error():
+    from facerec.cli import _unexpected
+
+    assert _unexpected(PermissionError(13, "Permission denied", "/x/y.png")) == "/x/y.png: Permission denied"
+    assert _unexpected(OSError(5, "Input/output error")).startswith("internal error: OSError: ")
+    assert _unexpected(KeyError("k")).startswith("internal error: KeyError: ")
 
 
 def test_help_states_the_exit_statuses_the_commands_keep():

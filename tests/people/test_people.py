@@ -179,6 +179,8 @@ def test_bad_photos_and_options_are_named_in_one_line(env, tmp_path):
     assert "Traceback" not in said
     for args, message in (
         (["cluster", photos, "-C", "rule=nope"], "unknown rule 'nope'"),
+        (["cluster", photos, "-C", "min_faces=NaN"], "min_faces: must be a whole number, 1 or more, not nan"),
+        (["cluster", photos, "-C", "min_faces=1.5"], "min_faces: must be a whole number, 1 or more, not 1.5"),
         (["people", "name", "p0999", "X"], "no person 'p0999'"),
         (["people", "move", "0123456789abcdef", "--to", "p0001"], "no face '0123456789abcdef'"),
         (["people", "merge", "p0001"], "give two or more different people"),

@@ -250,6 +250,10 @@ def test_unreachable_stream_and_bad_sources_are_one_line(known):
     )
     none = run_cli("watch", "--gallery", gallery, env=env)
     assert none.returncode == 2 and "SOURCE: give a video file" in none.stderr
+    photo = SHARED / "faces" / "photos" / "obama3.jpg"
+    still = run_cli("watch", photo, "--gallery", gallery, env=env)
+    assert still.returncode == 2 and still.stdout == ""
+    assert still.stderr == f"Error: {photo}: not a video; `facerec identify` names the faces of photos\n"
 
 
 def test_the_python_api_gives_the_clis_tracks(known, tracks, monkeypatch):

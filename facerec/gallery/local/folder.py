@@ -350,6 +350,8 @@ def _vectors_problem(file: Path, rows: int, width: int) -> str | None:
         size = file.stat().st_size
     except FileNotFoundError:
         return f"{VECTORS_FILE} is missing"
+    except PermissionError:
+        raise  # not damage: see _reading
     except (OSError, ValueError) as error:
         return f"{VECTORS_FILE} is not a NumPy array file ({error})"
     if shape != (rows, width) or dtype != np.float32 or fortran:
@@ -367,6 +369,11 @@ def read(path: Path) -> Snapshot | None:
     A damaged gallery raises GalleryDamaged with one line that says what is wrong and what heals it.
     """
     path = Path(path)
+    with _reading(path):
+        return _read(path)
+
+
+def _read(path: Path) -> Snapshot | None:
     if path.exists() and not path.is_dir():
         raise FacerecError(f"{path}: is a file, not a gallery folder")
     for _ in range(3):  # a writer may swap versions between reading CURRENT and opening the folder
@@ -402,6 +409,11 @@ def recover(path: Path, full: bool = False) -> tuple[Snapshot | None, str | None
     checked: the snapshot's `damage` names what of it must be rebuilt, and it leaves out the rows whose
     vectors are damaged (`dropped`). (None, None) for a gallery never written."""
     path = Path(path)
+    with _reading(path):
+        return _recover(path, full)
+
+
+def _recover(path: Path, full: bool) -> tuple[Snapshot | None, str | None]:
     try:
         version, problem = current(path), None
     except GalleryDamaged:
@@ -483,6 +495,17 @@ def _open_lock(path: Path):
         return open(path / LOCK_FILE, "a")
     except OSError as error:
         raise cannot_write(path, error) from None
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A file of the gallery the system refuses to read (its mode, its owner) is not damage to heal."""
+    try:
+        yield
+    except PermissionError as error:
+        raise FacerecError(
+            f"{path}: this gallery cannot be read ({error.strerror}: {error.filename})"
+        ) from None
 
 
 def cannot_write(path: Path, error: OSError) -> FacerecError:

@@ -105,6 +105,8 @@ def read_manifest(folder: Path) -> tuple[Manifest | None, str | None]:
             raise TypeError("not a manifest")
     except FileNotFoundError:
         return None, None
+    except PermissionError:
+        raise  # the system refuses it: not damage to rebuild (the store says so in its own line)
     except (OSError, ValueError, KeyError, TypeError):
         return None, f"{MANIFEST_FILE} is unreadable"
     return Manifest(files, block), None
