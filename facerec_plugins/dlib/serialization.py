@@ -84,25 +84,9 @@ class DlibReader:
     def string(self) -> str:
         return bytes(self.take(self.int())).decode("utf-8", errors="replace")
 
-    def expect_string(self, *expected: str) -> str:
-        """A string that must be one of `expected` (dlib writes layer and object names this way)."""
-        start = self.offset
-        found = self.string()
-        if found not in expected:
-            self.offset = start
-            raise self.error(f"'{found}' where {' or '.join(repr(e) for e in expected)} was expected")
-        return found
-
     def vector(self, item: Callable[[], T]) -> list[T]:
         """A std::vector: its length, then each item read by `item`."""
         return [item() for _ in range(self.int())]
-
-    def float_matrix(self) -> np.ndarray:
-        """A dlib::matrix<float or double>: rows and columns (negated by dlib), then row-major values."""
-        rows, columns = self.int(), self.int()
-        rows, columns = abs(rows), abs(columns)
-        values = [self.float() for _ in range(rows * columns)]
-        return np.asarray(values, dtype=np.float64).reshape(rows, columns)
 
     def tensor_values(self, count: int) -> np.ndarray:
         """`count` raw little-endian float32 values, as dnn tensors (version 2) store them."""
