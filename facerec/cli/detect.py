@@ -9,7 +9,7 @@ import click
 
 from facerec import defaults
 from facerec.cli import each_result, echo_json, make_pipeline
-from facerec.cli.options import aligner_options, detector_options, precision_option
+from facerec.cli.options import OutputFolder, aligner_options, detector_options, precision_option
 from facerec.contract.faces import Face
 from facerec.errors import FacerecError
 from facerec.pipeline.engine import ImageResult
@@ -29,7 +29,7 @@ from facerec.pipeline.engine import ImageResult
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per image.")
 @click.option(
     "--save-crops",
-    type=click.Path(file_okay=False),
+    type=OutputFolder(),
     help="Write each face as the backbone takes it (its recipe's aligner and size, or --aligner's) as "
     "DIR/<image name>_<n>.png (n=1 largest).",
 )

@@ -41,6 +41,8 @@ class OutputFolder(click.Path):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         from facerec.atomic import check_writable
 
+        if isinstance(value, str) and not value:  # Path("") is the working directory, not what "" means
+            self.fail("give a folder", param, ctx)
         folder = super().convert(value, param, ctx)
         try:
             check_writable(folder)
@@ -149,7 +151,7 @@ gallery_option = click.option(
 
 face_cache_option = click.option(
     "--face-cache",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutputFolder(),
     help="Where face crops are cached [default: $XDG_CACHE_HOME/facerec/faces].",
 )
 

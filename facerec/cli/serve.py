@@ -9,6 +9,7 @@ import click
 
 from facerec.cli.options import (
     FiniteRange,
+    OutputFolder,
     aligner_options,
     backbone_options,
     detector_options,
@@ -98,7 +99,7 @@ from facerec.cli.options import (
 )
 @click.option(
     "--uploads",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutputFolder(),
     help="Folder for the photos of faces enrolled over HTTP (one folder per gallery) [default: inside the "
     "gallery: a folder gallery's uploads/, a Milvus Lite database's; a gallery on a database server needs it].",
 )

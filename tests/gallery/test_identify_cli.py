@@ -285,6 +285,8 @@ def test_an_annotate_folder_that_cannot_be_written_is_refused_before_any_work(in
             "(Permission denied)\n"
         )
     assert list(closed.iterdir()) == []
+    empty = cli(indexed, "identify", photo, "--annotate", "")  # not the working directory
+    assert empty.returncode == 2 and empty.stderr.endswith("Invalid value for '--annotate': give a folder\n")
 
     taken = tmp_path / "taken"
     (taken / "biden.jpg").mkdir(parents=True)  # the picture's name is a folder's: the batch goes on
